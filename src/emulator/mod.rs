@@ -1,0 +1,39 @@
+//! A local emulator of the Soniox real-time speech-to-text WebSocket API,
+//! for offline tests, benchmarks and demos.
+//!
+//! This module owns everything about the fake server: the deterministic
+//! "speech" encoding ([`marker`]), the wire rules and error catalogue of the
+//! API, the fake recognizer that turns audio into token responses, and the
+//! WebSocket server with its fault knobs ([`Emulator`]).
+//!
+//! Behaviour follows `docs/soniox-protocol.md` (§3–§9, §12): auth by header,
+//! subprotocol or start message; start-request validation with the real
+//! error strings; non-final then final tokens, `<fin>`, `<end>`, `finished`;
+//! idle and start timeouts; and injected faults (abrupt drops, error frames,
+//! half-open stalls, rejected connects, concurrency limits).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use sttpipe::emulator::{Emulator, EmulatorConfig, marker};
+//! let emu = Emulator::start(EmulatorConfig::default()).await?;
+//! let audio = marker::encode(&marker::script(3, 500, 200), 3000, 16_000, 1);
+//! // connect to emu.url() with key "test-key", send a pcm_s16le start
+//! // request and `audio`, then an empty frame …
+//! # let _ = audio;
+//! emu.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod marker;
+mod protocol;
+mod recognizer;
+pub mod server;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+pub use server::{
+    AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, SessionRecord,
+};
