@@ -1,0 +1,241 @@
+//! The command line, as the user types it.
+//!
+//! Doc comments here are the `--help` text. Nothing is validated here beyond
+//! what clap checks by type; [`crate::config`] turns these raw options into a
+//! resolved, validated configuration.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
+///
+/// Reads raw audio (pcm_s16le, 16 kHz, mono by default) from stdin, a file or
+/// a named FIFO, streams it to Soniox at real-time pace, and writes the
+/// transcript to stdout as NDJSON, one event a line, flushed as it arrives.
+///
+/// Example: ffmpeg -loglevel error -i talk.mp3 -f s16le -ar 16000 -ac 1 - | sttpipe | jq -j 'select(.type=="token").text'
+///
+/// The API key comes from SONIOX_API_KEY, --api-key-file, or
+/// $CREDENTIALS_DIRECTORY/soniox-api-key; never from the command line.
+/// See sttpipe(1) for the output schema and exit statuses.
+#[derive(Debug, Parser)]
+#[command(name = "sttpipe", version, max_term_width = 100)]
+pub struct Opts {
+    /// Read audio from PATH (a file or a named FIFO) instead of stdin.
+    #[arg(short, long, value_name = "PATH", help_heading = "Input")]
+    pub input: Option<PathBuf>,
+
+    /// Audio format: a raw format (pcm_s16le, pcm_f32le, mulaw, alaw, …) or a
+    /// container passed through (auto, wav, mp3, ogg, flac, webm, …). A WAV
+    /// header on the input is recognised and its format used.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "pcm_s16le",
+        help_heading = "Input"
+    )]
+    pub audio_format: String,
+
+    /// Sample rate of raw input, in Hz.
+    #[arg(
+        long,
+        value_name = "HZ",
+        default_value_t = 16_000,
+        help_heading = "Input"
+    )]
+    pub rate: u32,
+
+    /// Channels of raw input (interleaved).
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Input")]
+    pub channels: u16,
+
+    /// Keep reading a FIFO across writers: each writer's audio is finalized
+    /// when it closes, and the next writer's audio continues the stream.
+    #[arg(long, help_heading = "Input")]
+    pub follow: bool,
+
+    /// Close the Soniox session after SECS without audio (Soniox bills idle
+    /// time); a new one opens when audio returns. 0 keeps it open.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        help_heading = "Input"
+    )]
+    pub idle_close: u64,
+
+    /// Also output the non-final tokens, as `partial` events that each
+    /// replace the previous one.
+    #[arg(long, help_heading = "Output")]
+    pub partials: bool,
+
+    /// Output format: NDJSON events, or plain text for people (a line break
+    /// at each endpoint, finalization and the end).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "ndjson",
+        help_heading = "Output"
+    )]
+    pub format: OutputFormat,
+
+    /// Soniox model.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        default_value = "stt-rt-v5",
+        help_heading = "Recognition"
+    )]
+    pub model: String,
+
+    /// Languages to expect, comma-separated ISO 639-1 codes (en,de).
+    #[arg(
+        long,
+        value_name = "LANGS",
+        value_delimiter = ',',
+        help_heading = "Recognition"
+    )]
+    pub language_hints: Vec<String>,
+
+    /// Restrict recognition to the hinted languages.
+    #[arg(long, help_heading = "Recognition")]
+    pub language_hints_strict: bool,
+
+    /// Context for recognition: text, a JSON object, or @FILE holding either.
+    #[arg(long, value_name = "TEXT|@FILE", help_heading = "Recognition")]
+    pub context: Option<String>,
+
+    /// Label speakers (`speaker` field on tokens).
+    #[arg(long, help_heading = "Recognition")]
+    pub diarize: bool,
+
+    /// Identify the language of each token (`language` field).
+    #[arg(long, help_heading = "Recognition")]
+    pub language_id: bool,
+
+    /// Detect the end of utterances (`endpoint` events).
+    #[arg(long, help_heading = "Recognition")]
+    pub endpoint_detection: bool,
+
+    /// Longest wait for an endpoint, in ms (500 to 3000).
+    #[arg(long, value_name = "MS", help_heading = "Recognition")]
+    pub max_endpoint_delay_ms: Option<u32>,
+
+    /// Translate everything spoken into LANG (one-way translation).
+    #[arg(
+        long,
+        value_name = "LANG",
+        conflicts_with = "translate",
+        help_heading = "Recognition"
+    )]
+    pub translate_to: Option<String>,
+
+    /// Translate between two languages, each into the other (two-way), e.g. en:es.
+    #[arg(long, value_name = "A:B", help_heading = "Recognition")]
+    pub translate: Option<String>,
+
+    /// An id recorded in Soniox's usage logs (at most 256 characters).
+    #[arg(long, value_name = "ID", help_heading = "Recognition")]
+    pub client_reference_id: Option<String>,
+
+    /// Soniox region; the API key must belong to a project in it.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "REGION",
+        default_value = "us",
+        help_heading = "Service"
+    )]
+    pub region: Region,
+
+    /// WebSocket URL of the service, overriding --region.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SONIOX_WS_URL",
+        help_heading = "Service"
+    )]
+    pub url: Option<String>,
+
+    /// Read the API key from PATH (first line).
+    #[arg(long, value_name = "PATH", help_heading = "Service")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Trust the certificate authorities in PATH (PEM) instead of the
+    /// built-in roots, for a private endpoint.
+    #[arg(long, value_name = "PATH", help_heading = "Service")]
+    pub ca_file: Option<PathBuf>,
+
+    /// After SIGINT or SIGTERM, wait at most SECS for the final tokens.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5.0,
+        help_heading = "Service"
+    )]
+    pub drain_timeout: f64,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How events are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON event a line.
+    Ndjson,
+    /// The transcript as text, a line per utterance.
+    Text,
+}
+
+/// Soniox data-residency regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Region {
+    /// United States (default).
+    Us,
+    /// European Union.
+    Eu,
+    /// Japan.
+    Jp,
+}
+
+impl Region {
+    /// The real-time endpoint of the region.
+    pub fn url(self) -> &'static str {
+        match self {
+            Region::Us => "wss://stt-rt.soniox.com/transcribe-websocket",
+            Region::Eu => "wss://stt-rt.eu.soniox.com/transcribe-websocket",
+            Region::Jp => "wss://stt-rt.jp.soniox.com/transcribe-websocket",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Opts::command().debug_assert();
+    }
+
+    /// The man page documents every flag (ripgrep generates its page for
+    /// the same reason; this test keeps a hand-written page honest).
+    #[test]
+    fn man_page_lists_every_flag() {
+        let page = include_str!("../man/sttpipe.1");
+        for arg in Opts::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
+                assert!(
+                    page.contains(&roff),
+                    "man/sttpipe.1 does not document --{long}"
+                );
+            }
+        }
+    }
+}

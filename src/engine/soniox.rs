@@ -1,0 +1,390 @@
+//! The Soniox real-time engine: the WebSocket client and its wire types.
+//!
+//! One upstream session is one WebSocket connection: the key travels in an
+//! `Authorization: Bearer` header, the first message is the JSON start
+//! request, audio goes in binary frames, `{"type":"keepalive"}` goes out
+//! after [`KEEPALIVE_AFTER`] without audio, and an empty text frame ends the
+//! audio; the connection is read until `finished` so that the finals that
+//! arrive after the end of audio are never dropped. Error frames become
+//! [`Error::Service`]. See `soniox-protocol.md` §3–§7 in the design docs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, warn};
+
+use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
+use crate::audio::AudioFormat;
+use crate::config::{RecognitionOptions, ServiceConfig, Translation};
+use crate::error::{Error, Result};
+use crate::event::Token;
+
+/// Soniox closes a connection after 20 s without audio or keepalive; 5 s is
+/// what the official SDKs use, leaving room for a slow network.
+pub const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
+/// Bound on TCP + TLS + WebSocket handshake (the Python SDK uses 10 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects upstream sessions to Soniox.
+#[derive(Clone)]
+pub struct SonioxEngine {
+    service: ServiceConfig,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for SonioxEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SonioxEngine")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SonioxEngine {
+    /// Prepares the engine: loads the trusted roots once.
+    pub fn new(service: ServiceConfig) -> Result<SonioxEngine> {
+        let tls = Arc::new(tls_config(service.ca_file.as_deref())?);
+        Ok(SonioxEngine { service, tls })
+    }
+
+    /// Connects, sends the start request and spawns the session task.
+    pub async fn open(
+        &self,
+        recognition: &RecognitionOptions,
+        audio: &AudioFormat,
+    ) -> Result<EngineLink> {
+        let mut socket = self.connect().await?;
+        let start = start_request(recognition, audio).to_string();
+        socket
+            .send(Message::text(start))
+            .await
+            .map_err(|e| Error::Disconnected(format!("sending the start request: {e}")))?;
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(run_connection(socket, commands_rx, events_tx));
+        Ok(EngineLink {
+            commands: commands_tx,
+            events: events_rx,
+        })
+    }
+
+    async fn connect(&self) -> Result<Socket> {
+        let url = &self.service.url;
+        let connect_error = |reason: String, transient: bool| Error::Connect {
+            url: url.clone(),
+            reason,
+            transient,
+        };
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| connect_error(e.to_string(), false))?;
+        let bearer = format!("Bearer {}", self.service.api_key.expose());
+        let mut header = HeaderValue::from_str(&bearer).map_err(|_| {
+            Error::Config("the API key contains characters not allowed in a header".into())
+        })?;
+        header.set_sensitive(true);
+        request.headers_mut().insert("Authorization", header);
+        let connector = Connector::Rustls(self.tls.clone());
+        let handshake =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Err(_) => Err(connect_error(
+                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                true,
+            )),
+            Ok(Err(e)) => Err(classify_connect_error(url, e)),
+            Ok(Ok((socket, _response))) => Ok(socket),
+        }
+    }
+}
+
+/// Maps a handshake failure to an error the user can act on.
+fn classify_connect_error(url: &str, err: tungstenite::Error) -> Error {
+    use tungstenite::Error as E;
+    let (reason, transient) = match &err {
+        E::Io(io) => (io.to_string(), true),
+        E::Tls(tls) => (format!("TLS: {tls}"), false),
+        E::Url(e) => (format!("bad URL: {e}"), false),
+        // The service answered but refused the upgrade: its status means
+        // what it means in an error frame (429 and 5xx are temporary).
+        E::Http(response) => {
+            return Error::Service {
+                code: response.status().as_u16(),
+                error_type: None,
+                message: "the WebSocket upgrade was refused".into(),
+            };
+        }
+        other => (other.to_string(), true),
+    };
+    // rustls reports certificate problems as io errors wrapping a TLS error.
+    let tls_problem = reason.contains("certificate") || reason.contains("InvalidCertificate");
+    Error::Connect {
+        url: url.to_owned(),
+        reason: if tls_problem && !reason.starts_with("TLS") {
+            format!("TLS: {reason}")
+        } else {
+            reason
+        },
+        transient: transient && !tls_problem,
+    }
+}
+
+/// The rustls client configuration: the CAs in `ca_file`, or the built-in
+/// webpki roots.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Config(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert =
+                    cert.map_err(|e| Error::Config(format!("CA file {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Config(format!("CA file {}: {e}", path.display())))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::Config(format!(
+                    "CA file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The start request: the first message of a session. Unset options are
+/// left out, as the official SDKs do.
+pub fn start_request(recognition: &RecognitionOptions, audio: &AudioFormat) -> Value {
+    let mut start = Map::new();
+    start.insert("model".into(), json!(recognition.model));
+    start.insert("audio_format".into(), json!(audio.name));
+    if let Some(rate) = audio.sample_rate {
+        start.insert("sample_rate".into(), json!(rate));
+    }
+    if let Some(channels) = audio.channels {
+        start.insert("num_channels".into(), json!(channels));
+    }
+    if !recognition.language_hints.is_empty() {
+        start.insert("language_hints".into(), json!(recognition.language_hints));
+    }
+    if recognition.language_hints_strict {
+        start.insert("language_hints_strict".into(), json!(true));
+    }
+    if let Some(context) = &recognition.context {
+        start.insert("context".into(), context.clone());
+    }
+    if recognition.diarize {
+        start.insert("enable_speaker_diarization".into(), json!(true));
+    }
+    if recognition.language_id {
+        start.insert("enable_language_identification".into(), json!(true));
+    }
+    if recognition.endpoint_detection {
+        start.insert("enable_endpoint_detection".into(), json!(true));
+    }
+    if let Some(ms) = recognition.max_endpoint_delay_ms {
+        start.insert("max_endpoint_delay_ms".into(), json!(ms));
+    }
+    if let Some(translation) = &recognition.translation {
+        let value = match translation {
+            Translation::OneWay { target_language } => {
+                json!({"type": "one_way", "target_language": target_language})
+            }
+            Translation::TwoWay {
+                language_a,
+                language_b,
+            } => json!({"type": "two_way", "language_a": language_a, "language_b": language_b}),
+        };
+        start.insert("translation".into(), value);
+    }
+    if let Some(id) = &recognition.client_reference_id {
+        start.insert("client_reference_id".into(), json!(id));
+    }
+    Value::Object(start)
+}
+
+/// A server message: a response, the finished response, or an error.
+#[derive(Debug, Deserialize)]
+struct ServerMessage {
+    #[serde(default)]
+    tokens: Vec<Token>,
+    #[serde(default)]
+    final_audio_proc_ms: u64,
+    #[serde(default)]
+    total_audio_proc_ms: u64,
+    #[serde(default)]
+    finished: bool,
+    error_code: Option<u16>,
+    error_type: Option<String>,
+    error_message: Option<String>,
+}
+
+/// How a connection's life ended, for the log.
+enum Ending {
+    Finished,
+    Failed,
+    Abandoned,
+}
+
+/// Runs one upstream connection until `finished`, an error, or abandonment.
+async fn run_connection(
+    mut socket: Socket,
+    mut commands: mpsc::Receiver<EngineCommand>,
+    events: mpsc::Sender<EngineEvent>,
+) {
+    let ending = match drive(&mut socket, &mut commands, &events).await {
+        Ok(ending) => ending,
+        Err(err) => {
+            // The receiver may be gone already; nothing else to tell.
+            let _ = events.send(EngineEvent::Failed(err)).await;
+            Ending::Failed
+        }
+    };
+    match ending {
+        Ending::Finished => debug!("upstream session finished"),
+        Ending::Failed => debug!("upstream session failed"),
+        Ending::Abandoned => debug!("upstream session abandoned"),
+    }
+    // A polite close; the server may already be gone, which is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+}
+
+async fn drive(
+    socket: &mut Socket,
+    commands: &mut mpsc::Receiver<EngineCommand>,
+    events: &mpsc::Sender<EngineEvent>,
+) -> Result<Ending> {
+    let mut audio_ended = false;
+    let mut keepalive_at = Instant::now() + KEEPALIVE_AFTER;
+    loop {
+        tokio::select! {
+            // Commands stop after end of audio: only the answer is awaited then.
+            command = commands.recv(), if !audio_ended => {
+                let message = match command {
+                    Some(EngineCommand::Audio(bytes)) => {
+                        keepalive_at = Instant::now() + KEEPALIVE_AFTER;
+                        Message::Binary(bytes)
+                    }
+                    Some(EngineCommand::Finalize) => Message::text(r#"{"type":"finalize"}"#),
+                    Some(EngineCommand::EndOfAudio) => {
+                        audio_ended = true;
+                        Message::text("")
+                    }
+                    None => return Ok(Ending::Abandoned),
+                };
+                socket.send(message).await.map_err(send_error)?;
+            }
+            // Keepalive only while audio may still come.
+            () = sleep_until(keepalive_at), if !audio_ended => {
+                keepalive_at = Instant::now() + KEEPALIVE_AFTER;
+                socket
+                    .send(Message::text(r#"{"type":"keepalive"}"#))
+                    .await
+                    .map_err(send_error)?;
+            }
+            incoming = socket.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map(|f| format!("code {} {}", f.code, f.reason)).unwrap_or_default();
+                        return Err(Error::Disconnected(format!(
+                            "the service closed the connection before finishing {why}"
+                        ).trim_end().to_owned()));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(Error::Disconnected(e.to_string())),
+                    None => {
+                        return Err(Error::Disconnected(
+                            "the connection closed before the session finished".into(),
+                        ))
+                    }
+                };
+                let message: ServerMessage = serde_json::from_str(&text)
+                    .map_err(|e| Error::Protocol(format!("unreadable message from the service: {e}")))?;
+                if message.error_code.is_some() || message.error_message.is_some() {
+                    return Err(Error::Service {
+                        code: message.error_code.unwrap_or(0),
+                        error_type: message.error_type,
+                        message: message.error_message.unwrap_or_default(),
+                    });
+                }
+                let finished = message.finished;
+                let update = Update {
+                    tokens: message.tokens,
+                    final_audio_proc_ms: message.final_audio_proc_ms,
+                    total_audio_proc_ms: message.total_audio_proc_ms,
+                };
+                let event = if finished { EngineEvent::Finished(update) } else { EngineEvent::Update(update) };
+                if events.send(event).await.is_err() {
+                    return Ok(Ending::Abandoned);
+                }
+                if finished {
+                    if !audio_ended {
+                        warn!("the service finished before the end of audio");
+                    }
+                    return Ok(Ending::Finished);
+                }
+            }
+        }
+    }
+}
+
+fn send_error(err: tungstenite::Error) -> Error {
+    Error::Disconnected(format!("sending to the service: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_request_leaves_out_unset_options() {
+        let recognition = RecognitionOptions {
+            model: "stt-rt-v5".into(),
+            ..Default::default()
+        };
+        let start = start_request(&recognition, &AudioFormat::default_pcm());
+        assert_eq!(
+            start,
+            json!({"model":"stt-rt-v5","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1})
+        );
+        let mp3 = start_request(&recognition, &AudioFormat::container("mp3"));
+        assert_eq!(mp3, json!({"model":"stt-rt-v5","audio_format":"mp3"}));
+    }
+
+    #[test]
+    fn error_frames_parse() {
+        let message: ServerMessage = serde_json::from_str(
+            r#"{"error_code":401,"error_type":"unauthenticated","error_message":"Invalid API key.","request_id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(message.error_code, Some(401));
+        assert_eq!(message.error_message.as_deref(), Some("Invalid API key."));
+    }
+}

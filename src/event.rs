@@ -1,0 +1,173 @@
+//! The events a session gives out: the NDJSON output schema.
+//!
+//! # Format
+//!
+//! One JSON object a line, each with a `type`. Consumers must ignore types
+//! and fields they do not know: new ones may be added.
+//!
+//! ```json
+//! {"type":"start","session_id":"5f0c…","model":"stt-rt-v5","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1}
+//! {"type":"token","text":" Hello","start_ms":600,"end_ms":760,"confidence":0.97,"is_final":true}
+//! {"type":"partial","text":" are you","tokens":[{"text":" are","start_ms":900,"end_ms":1020,"confidence":0.8,"is_final":false}, …]}
+//! {"type":"endpoint","end_ms":1500}
+//! {"type":"finalized","end_ms":2200}
+//! {"type":"error","code":"service","status":503,"message":"…","exit_code":75}
+//! {"type":"end","audio_ms":10000,"tokens":31,"duration_ms":10450,"reason":"eof"}
+//! ```
+//!
+//! Final tokens come once each, in order. A `partial` event (only with
+//! `--partials`) carries the complete current set of non-final tokens; it
+//! replaces the previous `partial`, and is emptied (`"tokens":[]`) once its
+//! words became final. Timestamps are milliseconds from the first audio of
+//! the whole stream.
+
+use serde::{Deserialize, Serialize};
+
+/// One recognised piece of text, with Soniox's field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    /// The text, with its leading space: concatenate as-is.
+    pub text: String,
+    /// Start in ms from the first audio of the stream; absent on translations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    /// End in ms from the first audio of the stream; absent on translations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    /// Recognition confidence, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Whether the token is final (sent once, never changes).
+    pub is_final: bool,
+    /// Speaker label (`"1"`, `"2"`, …) with diarization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<String>,
+    /// Language code with language identification or translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// `none`, `original` or `translation` with translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation_status: Option<String>,
+    /// The spoken language of a translated token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_language: Option<String>,
+}
+
+impl Token {
+    /// Shifts the timestamps by `offset_ms` (a later upstream session's
+    /// times start again at zero).
+    pub fn rebase(&mut self, offset_ms: u64) {
+        if let Some(t) = self.start_ms.as_mut() {
+            *t += offset_ms;
+        }
+        if let Some(t) = self.end_ms.as_mut() {
+            *t += offset_ms;
+        }
+    }
+}
+
+/// An output event; serialized with its `type` tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The stream began: the first upstream session is open.
+    Start {
+        /// This stream's id, for logs and support.
+        session_id: String,
+        /// The model asked for.
+        model: String,
+        /// The audio format sent.
+        audio_format: String,
+        /// Sample rate, for raw formats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample_rate: Option<u32>,
+        /// Channels, for raw formats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        num_channels: Option<u16>,
+    },
+    /// A final token (or, with `--partials`, never a non-final one: those
+    /// travel in [`Event::Partial`]).
+    Token(Token),
+    /// The current non-final tail; replaces the previous one.
+    Partial {
+        /// The tokens' text concatenated.
+        text: String,
+        /// The non-final tokens.
+        tokens: Vec<Token>,
+    },
+    /// The speaker finished an utterance (`<end>`, endpoint detection).
+    Endpoint {
+        /// End of the last final token before it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_ms: Option<u64>,
+    },
+    /// A manual finalization completed (`<fin>`): all audio sent so far is final.
+    Finalized {
+        /// End of the last final token before it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_ms: Option<u64>,
+    },
+    /// The stream failed; the process exits with `exit_code`.
+    Error {
+        /// Kind of failure: `config`, `service`, `connect`, `bad_audio`, …
+        code: String,
+        /// The service's status code, for service errors.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// What went wrong, for people.
+        message: String,
+        /// The exit status sttpipe ends with.
+        exit_code: u8,
+    },
+    /// The stream ended; always the last event of a stream that started.
+    End {
+        /// Audio sent to the service, in ms (raw formats) or as the service counted it.
+        audio_ms: u64,
+        /// Final tokens given out.
+        tokens: u64,
+        /// Wall time of the stream, in ms.
+        duration_ms: u64,
+        /// Why it ended: `eof`, `signal` or `error`.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The error event for `err`.
+    pub fn error(err: &crate::error::Error) -> Event {
+        let status = match err {
+            crate::error::Error::Service { code, .. } => Some(*code),
+            _ => None,
+        };
+        Event::Error {
+            code: err.kind().to_owned(),
+            status,
+            message: err.to_string(),
+            exit_code: err.exit_code(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_keeps_soniox_field_names() {
+        let token = Event::Token(Token {
+            text: " Hello".into(),
+            start_ms: Some(600),
+            end_ms: Some(760),
+            confidence: Some(0.97),
+            is_final: true,
+            speaker: None,
+            language: None,
+            translation_status: None,
+            source_language: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&token).unwrap(),
+            r#"{"type":"token","text":" Hello","start_ms":600,"end_ms":760,"confidence":0.97,"is_final":true}"#
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! The filter front end: stdin, a file or a FIFO in; stdout out.
+//!
+//! Wires [`crate::input`] (a reader thread) and signals into the session
+//! core's input, and the session's events into [`crate::output`] (a writer
+//! thread). Signals: the first SIGINT or SIGTERM stops reading and drains
+//! the finals within `--drain-timeout`; a second SIGINT exits at once;
+//! SIGUSR1 finalizes (push-to-talk).
+
+use std::io;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::config::FilterConfig;
+use crate::engine::Engine;
+use crate::engine::soniox::SonioxEngine;
+use crate::error::{EXIT_OK, EXIT_SOFTWARE, Error};
+use crate::event::Event;
+use crate::input::{self, InputEvent};
+use crate::output::{self, OutputEnd};
+use crate::session::{self, SessionInput};
+
+/// How the process should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit with this status.
+    Code(u8),
+    /// Re-raise this signal with its default action, so the parent sees
+    /// the process killed by it (exit status 128+n in a shell).
+    Signal(i32),
+}
+
+/// Session input queue: small, since the reader's own queue holds the audio.
+const SESSION_INPUT_QUEUE: usize = 4;
+
+/// Runs the filter to completion on a fresh runtime.
+pub fn run(config: FilterConfig) -> Exit {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(&Error::Internal(format!("cannot start the runtime: {err}")));
+            return Exit::Code(EXIT_SOFTWARE);
+        }
+    };
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: FilterConfig) -> Exit {
+    let format = if config.text_output {
+        output::Format::Text
+    } else {
+        output::Format::Ndjson
+    };
+    let (events, writer) = match output::spawn_stdout(format) {
+        Ok(pair) => pair,
+        Err(err) => {
+            report(&Error::Output(err));
+            return Exit::Code(crate::error::EXIT_IOERR);
+        }
+    };
+    let stop = CancellationToken::new();
+    let signalled = match watch_signals(stop.clone()) {
+        Ok(signalled) => signalled,
+        Err(err) => {
+            report(&Error::Internal(format!(
+                "cannot install signal handlers: {err}"
+            )));
+            return Exit::Code(EXIT_SOFTWARE);
+        }
+    };
+    // Installed before anything can block, so an early SIGUSR1 is never fatal.
+    let usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(usr1) => usr1,
+        Err(err) => {
+            report(&Error::Internal(format!(
+                "cannot install signal handlers: {err}"
+            )));
+            return Exit::Code(EXIT_SOFTWARE);
+        }
+    };
+    let result = stream(config, events, stop, usr1).await;
+    let output_end = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(OutputEnd::Done);
+    match output_end {
+        // The consumer chose to stop, like `yes | head`: not an error.
+        OutputEnd::ConsumerGone => return Exit::Code(EXIT_OK),
+        OutputEnd::Failed(err) => {
+            let err = Error::Output(err);
+            report(&err);
+            return Exit::Code(err.exit_code());
+        }
+        OutputEnd::Done => {}
+    }
+    if let Err(err) = &result {
+        report(err);
+    }
+    match (signalled.signal(), result) {
+        (Some(signal), _) => Exit::Signal(signal),
+        (None, Ok(())) => Exit::Code(EXIT_OK),
+        (None, Err(err)) => Exit::Code(err.exit_code()),
+    }
+}
+
+/// Opens the input and engine, then runs the session. Errors before the
+/// session starts are given out as `error` events here; the session reports
+/// its own.
+async fn stream(
+    config: FilterConfig,
+    events: mpsc::Sender<Event>,
+    stop: CancellationToken,
+    usr1: tokio::signal::unix::Signal,
+) -> Result<(), Error> {
+    let prepared = prepare(config).await;
+    let (engine, mut session_config, mut input) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            let _ = events.send(Event::error(&err)).await;
+            return Err(err);
+        }
+    };
+    // The reader's first event says what the stream really holds (a WAV
+    // header decides it). A FIFO may make this wait for its first writer.
+    let first = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        first = input.recv() => first,
+    };
+    match first {
+        Some(InputEvent::Format(format)) => session_config.audio = format,
+        Some(InputEvent::Failed(err)) => {
+            let _ = events.send(Event::error(&err)).await;
+            return Err(err);
+        }
+        other => {
+            let err = Error::Internal(format!("reader began with {other:?}"));
+            let _ = events.send(Event::error(&err)).await;
+            return Err(err);
+        }
+    }
+    debug!(format = %session_config.audio, "input open");
+    if !session_config.audio.is_raw() && session_config.idle_close.take().is_some() {
+        // A new upstream session would get the container from its middle,
+        // without the header it needs.
+        debug!("no idle-close for container input");
+    }
+    let (session_tx, session_rx) = mpsc::channel(SESSION_INPUT_QUEUE);
+    let pump = tokio::spawn(pump_input(
+        input,
+        session_config.audio.clone(),
+        session_tx,
+        stop.clone(),
+        usr1,
+    ));
+    let result = session::run(
+        &engine,
+        &session_config,
+        new_session_id(),
+        session_rx,
+        events,
+        stop,
+    )
+    .await;
+    pump.abort();
+    result.map(|_summary| ())
+}
+
+async fn prepare(
+    config: FilterConfig,
+) -> Result<
+    (
+        Engine,
+        crate::config::SessionConfig,
+        mpsc::Receiver<InputEvent>,
+    ),
+    Error,
+> {
+    let engine = Engine::Soniox(SonioxEngine::new(config.service)?);
+    let input = input::spawn(config.input)?;
+    Ok((engine, config.session, input))
+}
+
+/// Moves the reader's events into the session, adding a finalize for each
+/// SIGUSR1 and for each FIFO writer that closed.
+async fn pump_input(
+    mut input: mpsc::Receiver<InputEvent>,
+    format: crate::audio::AudioFormat,
+    session: mpsc::Sender<SessionInput>,
+    stop: CancellationToken,
+    mut usr1: tokio::signal::unix::Signal,
+) {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = usr1.recv() => SessionInput::Finalize,
+            event = input.recv() => match event {
+                Some(InputEvent::Audio(bytes)) => SessionInput::Audio(bytes),
+                Some(InputEvent::WriterClosed) => SessionInput::Finalize,
+                Some(InputEvent::PartialFrameDropped(bytes)) => {
+                    warn_user(&format!(
+                        "dropped {bytes} trailing byte{} that did not make a whole sample frame",
+                        if bytes == 1 { "" } else { "s" }
+                    ));
+                    continue;
+                }
+                Some(InputEvent::Failed(err)) => SessionInput::Failed(err),
+                // A later FIFO writer's WAV header: one stream has one format.
+                Some(InputEvent::Format(next)) if next == format => continue,
+                Some(InputEvent::Format(next)) => SessionInput::Failed(Error::BadAudio(format!(
+                    "a later writer sent {next}, but the stream is {format}"
+                ))),
+                None => return,
+            },
+        };
+        if session.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The signal that stopped the filter, if any.
+#[derive(Debug, Clone, Default)]
+struct Signalled(std::sync::Arc<std::sync::atomic::AtomicI32>);
+
+impl Signalled {
+    fn signal(&self) -> Option<i32> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: cancel `stop` (drain, then exit by the signal).
+/// A SIGINT after that exits at once, from the signal handler itself, so it
+/// works however busy the runtime is.
+fn watch_signals(stop: CancellationToken) -> io::Result<Signalled> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let draining = std::sync::Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(nix::libc::SIGINT, 130, draining.clone())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let signalled = Signalled::default();
+    let record = signalled.clone();
+    tokio::spawn(async move {
+        loop {
+            let number = tokio::select! {
+                _ = interrupt.recv() => nix::libc::SIGINT,
+                _ = terminate.recv() => nix::libc::SIGTERM,
+            };
+            if stop.is_cancelled() {
+                // Two SIGINTs that arrived together were merged into one
+                // wake-up here: the user insists all the same.
+                if number == nix::libc::SIGINT {
+                    std::process::exit(130);
+                }
+                continue;
+            }
+            record.0.store(number, Ordering::SeqCst);
+            draining.store(true, Ordering::SeqCst);
+            info!(
+                signal = number,
+                "stopping: draining the final tokens (a second SIGINT exits at once)"
+            );
+            stop.cancel();
+        }
+    });
+    Ok(signalled)
+}
+
+/// A random id for the stream: 16 hex digits from the kernel's generator.
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    let from_kernel = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
+    if from_kernel.is_err() {
+        // Unique enough for a log id: time and pid.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The one-line error report on stderr.
+pub fn report(err: &Error) {
+    eprintln!("sttpipe: {err}");
+}
+
+/// A warning for the user on stderr (not a log line).
+pub fn warn_user(message: &str) {
+    eprintln!("sttpipe: warning: {message}");
+}

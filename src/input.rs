@@ -1,0 +1,1493 @@
+//! Audio input: stdin, a file or a named FIFO, read into a bounded channel of
+//! chunks.
+//!
+//! This module owns everything between the byte source and the session:
+//! opening the source, waiting for FIFO writers (and, with `--follow`, for the
+//! next one), recognising a WAV header, and cutting raw audio into chunks of
+//! whole frames. It does not pace audio to real time (the pacer does)
+//! and does not know where the chunks go.
+//!
+//! # Threading and backpressure
+//!
+//! One dedicated `std::thread` per input does blocking reads and
+//! `blocking_send`s into a bounded [`mpsc`] channel. A thread, not a tokio
+//! task, because a blocking read cannot be cancelled (tokio's own stdin is a
+//! blocking read on a hidden thread too); owning the thread keeps that fact in
+//! one place. The channel's bound is the backpressure: while the consumer is
+//! slow, the thread blocks in `blocking_send` and reads nothing more, so the
+//! pipe fills and the producer (`arecord`, `ffmpeg`) blocks. When the receiver
+//! is dropped the thread ends quietly at its next send, or at once while it
+//! waits for a FIFO writer.
+//!
+//! # Events
+//!
+//! In order, per input:
+//!
+//! ```text
+//! Format  Audio*  PartialFrameDropped?  ( WriterClosed  Format?  Audio*  PartialFrameDropped? )*
+//! ```
+//!
+//! then the channel closes. `Failed` may replace any event and is always the
+//! last. `WriterClosed` comes only with `--follow` on a FIFO, where each writer
+//! is sniffed afresh: a second `Format` follows `WriterClosed` only when the
+//! next writer's stream differs from the last reported format (say, a WAV with
+//! another rate).
+//!
+//! # FIFOs
+//!
+//! A read-only `open` of a FIFO blocks until a writer appears, so every path
+//! is opened `O_RDONLY|O_NONBLOCK`, which returns at once: [`spawn`] fails fast
+//! on a missing or unreadable path and never waits for a writer. A FIFO fd
+//! opened that way reads EOF while no writer has come yet, so the thread first
+//! waits for readiness (epoll, through a current-thread tokio reactor of its
+//! own, built only for such waits): Linux reports neither data nor hang-up on
+//! that fd until a writer has written or come and gone. Then the thread clears
+//! `O_NONBLOCK` and reads blocking. (Nothing simpler is race-free: a blocking
+//! reopen in the thread waits for the *next* writer, so one that came, wrote
+//! and left in between would have its bytes stranded in the pipe.)
+//!
+//! Without `--follow` the first writer's EOF ends the input. With it, at EOF
+//! the thread opens a new read-only fd (non-blocking, as above) **before**
+//! closing the old one, so at no moment does the FIFO lack a reader: a writer
+//! arriving in between neither blocks in `open` nor dies of SIGPIPE, and its
+//! bytes wait in the pipe for the new fd. Writers that overlap in time merge
+//! into one stream, because EOF comes only when the last of them closes. A
+//! failure (a malformed WAV from one writer, say) ends the whole input.
+//! `--follow` on stdin or a regular file just reads to EOF.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::statfs::fstatfs;
+use tokio::io::Interest;
+use tokio::net::unix::pipe;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+use crate::audio::AudioFormat;
+use crate::error::Error;
+
+/// Default duration of a raw-audio chunk: short enough for live latency, long
+/// enough that per-message overhead stays small.
+pub const DEFAULT_CHUNK_MS: u32 = 100;
+
+/// Default chunk size for containers, whose frames sttpipe does not parse.
+pub const DEFAULT_CONTAINER_CHUNK_BYTES: usize = 4096;
+
+/// Default channel bound: 32 chunks, about 3 s of raw audio at 100 ms each.
+pub const DEFAULT_QUEUE_CHUNKS: usize = 32;
+
+/// The name [`Error::InputMissing`] reports when stdin cannot be used.
+const STDIN_NAME: &str = "<stdin>";
+
+/// The largest `fmt ` chunk accepted. The formats sttpipe streams need 16
+/// bytes, or 40 for WAVE_FORMAT_EXTENSIBLE; the cap keeps a corrupt size from
+/// allocating gigabytes.
+const MAX_FMT_BYTES: usize = 4096;
+
+/// Scratch size for skipping chunks and trailing bytes that are not audio.
+const SKIP_BUFFER_BYTES: usize = 8192;
+
+// WAV format tags (mmreg.h) that sttpipe can stream as raw audio.
+/// Integer PCM: unsigned at 8 bits, signed above.
+const WAVE_FORMAT_PCM: u16 = 0x0001;
+/// IEEE float PCM, 32 or 64 bits.
+const WAVE_FORMAT_IEEE_FLOAT: u16 = 0x0003;
+/// G.711 A-law.
+const WAVE_FORMAT_ALAW: u16 = 0x0006;
+/// G.711 µ-law.
+const WAVE_FORMAT_MULAW: u16 = 0x0007;
+/// A wrapper: the real tag is the first two bytes of the subformat GUID.
+const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
+
+/// Where audio comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Standard input (`-`).
+    Stdin,
+    /// A regular file, a named FIFO or a device.
+    Path(PathBuf),
+}
+
+/// How to read it.
+#[derive(Debug, Clone)]
+pub struct InputOptions {
+    /// What to read.
+    pub source: Source,
+    /// Declared format (from --audio-format/--rate/--channels); default
+    /// pcm_s16le/16000/1.
+    pub format: AudioFormat,
+    /// Whether the user named the format explicitly (an explicit raw format
+    /// disables WAV sniffing; "auto"/"wav" and the default enable it).
+    pub format_explicit: bool,
+    /// --follow: on a FIFO, keep reading across writers. Ignored for stdin and
+    /// regular files, which are read to EOF.
+    pub follow: bool,
+    /// Chunk duration for raw formats (100 ms).
+    pub chunk_ms: u32,
+    /// Chunk bytes for containers (e.g. 4096).
+    pub container_chunk_bytes: usize,
+    /// Bound of the channel, in chunks (0 counts as 1).
+    pub queue_chunks: usize,
+}
+
+impl InputOptions {
+    /// Options for `source` with the defaults: pcm_s16le 16 kHz mono (not
+    /// explicit, so a WAV header may override it), no follow,
+    /// [`DEFAULT_CHUNK_MS`], [`DEFAULT_CONTAINER_CHUNK_BYTES`],
+    /// [`DEFAULT_QUEUE_CHUNKS`].
+    pub fn new(source: Source) -> InputOptions {
+        InputOptions {
+            source,
+            format: AudioFormat::default_pcm(),
+            format_explicit: false,
+            follow: false,
+            chunk_ms: DEFAULT_CHUNK_MS,
+            container_chunk_bytes: DEFAULT_CONTAINER_CHUNK_BYTES,
+            queue_chunks: DEFAULT_QUEUE_CHUNKS,
+        }
+    }
+}
+
+/// What the reader thread reports, in the order given in the module docs.
+#[derive(Debug)]
+pub enum InputEvent {
+    /// Always first: the format actually in the stream (a WAV header, if
+    /// found, decides it). With --follow, sent again after
+    /// [`InputEvent::WriterClosed`] if the next writer's format differs.
+    Format(AudioFormat),
+    /// A chunk of audio: whole frames only for raw formats.
+    Audio(bytes::Bytes),
+    /// --follow: one FIFO writer closed; the next writer's audio will follow.
+    WriterClosed,
+    /// At the end of input (or of a writer, with --follow): this many trailing
+    /// bytes did not make a whole frame and were dropped.
+    PartialFrameDropped(usize),
+    /// Reading failed; no further events follow.
+    Failed(Error),
+}
+
+/// Opens the source (an error here: Error::InputMissing, e.g. nonexistent
+/// path or permission) and spawns a reader thread that sends events; end of
+/// input = the channel closes.
+///
+/// Never blocks on a FIFO without a writer: the thread waits for it.
+pub fn spawn(options: InputOptions) -> Result<mpsc::Receiver<InputEvent>, Error> {
+    let (file, fifo) = open(&options.source)?;
+    start(file, fifo, &options)
+}
+
+/// Spawns the reader thread on an opened source. `fifo` is the FIFO's path
+/// when `file` is a FIFO opened `O_NONBLOCK` that has not seen a writer yet.
+fn start(
+    file: File,
+    fifo: Option<PathBuf>,
+    options: &InputOptions,
+) -> Result<mpsc::Receiver<InputEvent>, Error> {
+    let (tx, rx) = mpsc::channel(options.queue_chunks.max(1));
+    let sniff = !options.format_explicit || matches!(options.format.name.as_str(), "auto" | "wav");
+    let reader = Reader {
+        awaiting_writer: fifo.is_some(),
+        follow: options.follow && fifo.is_some(),
+        fifo,
+        file,
+        declared: options.format.clone(),
+        sniff,
+        chunk_ms: options.chunk_ms,
+        container_chunk_bytes: options.container_chunk_bytes.max(1),
+        tx,
+        waiter: None,
+        reported: None,
+    };
+    std::thread::Builder::new()
+        .name("sttpipe-input".to_owned())
+        .spawn(move || reader.run())
+        // Only resource exhaustion stops a thread from starting; the input
+        // is what cannot be read then.
+        .map_err(Error::InputRead)?;
+    Ok(rx)
+}
+
+/// Opens the source without blocking. Returns the file and, for a FIFO, its
+/// path (to reopen it with --follow).
+fn open(source: &Source) -> Result<(File, Option<PathBuf>), Error> {
+    match source {
+        Source::Stdin => {
+            // A duplicate, so the thread owns its fd and closing it leaves fd
+            // 0 alone. Its O_NONBLOCK flag, if a parent set one, is shared
+            // with other processes and stays as it is: reads wait on EAGAIN.
+            let missing = |source| Error::InputMissing {
+                path: PathBuf::from(STDIN_NAME),
+                source,
+            };
+            let fd = io::stdin().as_fd().try_clone_to_owned().map_err(missing)?;
+            Ok((File::from(fd), None))
+        }
+        Source::Path(path) => open_path(path).map_err(|source| Error::InputMissing {
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+/// Opens `path` for reading without waiting for a FIFO writer; see the module
+/// docs. Permissions are checked by this open, so errors surface here.
+fn open_path(path: &Path) -> io::Result<(File, Option<PathBuf>)> {
+    let file = open_nonblocking(path)?;
+    // Decide by the opened fd, not by an earlier stat of the path, so a path
+    // swapped in between cannot fool us.
+    let file_type = file.metadata()?.file_type();
+    if file_type.is_dir() {
+        return Err(Errno::EISDIR.into());
+    }
+    if file_type.is_fifo() && !is_anonymous_pipe(&file)? {
+        // Stays O_NONBLOCK until its first writer: see Reader::segment.
+        return Ok((file, Some(path.to_owned())));
+    }
+    set_blocking(&file)?;
+    Ok((file, None))
+}
+
+/// Whether `file` is an unnamed pipe reached through a path such as
+/// `/dev/stdin` or bash's `<(command)` (`/dev/fd/63`). Such a pipe reports
+/// hang-up as soon as its writers are gone, fresh fd or not, and no new writer
+/// can come: treated as a FIFO, --follow would spin on EOF.
+fn is_anonymous_pipe(file: &File) -> io::Result<bool> {
+    /// `PIPEFS_MAGIC` from linux/magic.h: the filesystem of unnamed pipes.
+    const PIPEFS_MAGIC: i128 = 0x5049_5045;
+    let fs_type = fstatfs(file)?.filesystem_type();
+    Ok(i128::from(fs_type.0) == PIPEFS_MAGIC)
+}
+
+/// `open(path, O_RDONLY|O_NONBLOCK|O_CLOEXEC)`: returns at once even for a
+/// FIFO without a writer.
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+}
+
+/// Clears `O_NONBLOCK`, so reads block instead of returning EAGAIN.
+fn set_blocking(file: &File) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(file, FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)))?;
+    }
+    Ok(())
+}
+
+/// Why the reader thread stops before the end of input.
+enum Halt {
+    /// The receiver is gone: nobody listens, so stop quietly.
+    Closed,
+    /// Reading failed: report it, then stop.
+    Failed(Error),
+}
+
+/// A read error after opening.
+fn read_failed(error: io::Error) -> Halt {
+    Halt::Failed(Error::InputRead(error))
+}
+
+/// A WAV header that cannot be streamed.
+fn bad_wav(message: impl Into<String>) -> Halt {
+    Halt::Failed(Error::BadAudio(message.into()))
+}
+
+/// The state of the reader thread.
+struct Reader {
+    /// The open source. For a FIFO, replaced (new first, then old dropped) at
+    /// each writer's EOF with --follow.
+    file: File,
+    /// The FIFO's path, if the source is a FIFO.
+    fifo: Option<PathBuf>,
+    /// Whether `file` is a FIFO fd still `O_NONBLOCK` that has not seen its
+    /// writer: reading it now would return a false EOF.
+    awaiting_writer: bool,
+    /// Keep reading across FIFO writers. Only ever true for a FIFO.
+    follow: bool,
+    /// The format to use when the stream has no WAV header.
+    declared: AudioFormat,
+    /// Whether to look for a WAV header at the start of each stream.
+    sniff: bool,
+    /// Chunk duration for raw formats.
+    chunk_ms: u32,
+    /// Chunk size for containers, at least 1.
+    container_chunk_bytes: usize,
+    /// The channel; dropping it (with the thread) closes the receiver's end.
+    tx: mpsc::Sender<InputEvent>,
+    /// A current-thread reactor to wait for readiness, built the first time
+    /// it is needed (FIFO sources, or a non-blocking stdin).
+    waiter: Option<Runtime>,
+    /// The last format sent, so a follow-up writer repeats it only on change.
+    reported: Option<AudioFormat>,
+}
+
+impl Reader {
+    /// The thread's body: read everything, report a failure if any.
+    fn run(mut self) {
+        match self.pump() {
+            Ok(()) | Err(Halt::Closed) => {}
+            Err(Halt::Failed(error)) => {
+                tracing::debug!(%error, "input failed");
+                // If the receiver is gone as well, nobody is left to tell.
+                let _ = self.tx.blocking_send(InputEvent::Failed(error));
+            }
+        }
+    }
+
+    /// Reads one stream, or with --follow one writer after another.
+    fn pump(&mut self) -> Result<(), Halt> {
+        loop {
+            self.segment()?;
+            if !self.follow {
+                return Ok(());
+            }
+            self.reopen()?;
+            self.send(InputEvent::WriterClosed)?;
+        }
+    }
+
+    /// Reads one stream (a whole input, or one FIFO writer) to its end.
+    fn segment(&mut self) -> Result<(), Halt> {
+        if self.awaiting_writer {
+            // Readiness = data, or a writer that came and went: only then is
+            // a zero-byte read a real EOF.
+            self.wait_readable()?;
+            set_blocking(&self.file).map_err(read_failed)?;
+            self.awaiting_writer = false;
+            tracing::debug!("input FIFO has a writer");
+        }
+        let mut buf = BytesMut::new();
+        let (format, data_bytes) = if self.sniff {
+            self.sniff_wav(&mut buf)?
+        } else {
+            (self.declared.clone(), None)
+        };
+        if self.reported.as_ref() != Some(&format) {
+            self.reported = Some(format.clone());
+            self.send(InputEvent::Format(format.clone()))?;
+        }
+        match format.bytes_per_frame() {
+            Some(frame) => {
+                let chunk = format.chunk_bytes(self.chunk_ms, frame);
+                let at_data_end = self.stream_raw(buf, frame, chunk, data_bytes)?;
+                if at_data_end {
+                    // Chunks after a WAV's data (LIST, id3) are not audio. Read
+                    // them anyway: a FIFO writer must not meet a closed pipe.
+                    self.skip(u64::MAX)?;
+                }
+                Ok(())
+            }
+            None => self.stream_container(buf),
+        }
+    }
+
+    /// At a FIFO writer's EOF: opens the next reader, then drops the old one.
+    fn reopen(&mut self) -> Result<(), Halt> {
+        let Some(path) = &self.fifo else {
+            return Ok(());
+        };
+        let next = open_nonblocking(path).map_err(read_failed)?;
+        let is_fifo = next.metadata().map_err(read_failed)?.file_type().is_fifo();
+        if !is_fifo {
+            let message = format!("{} is no longer a FIFO", path.display());
+            return Err(read_failed(io::Error::other(message)));
+        }
+        // Invariant: `next` is open before the old fd closes here, so the FIFO
+        // always has a reader and no writer meets EPIPE.
+        self.file = next;
+        self.awaiting_writer = true;
+        tracing::debug!(path = %path.display(), "FIFO writer closed; waiting for the next");
+        Ok(())
+    }
+
+    /// Looks for a RIFF/WAVE header at the start of the stream. Returns the
+    /// stream's format and, for a WAV with a known data size, that size.
+    /// Bytes read that are not a WAV header are left in `buf` as audio.
+    fn sniff_wav(&mut self, buf: &mut BytesMut) -> Result<(AudioFormat, Option<u64>), Halt> {
+        let mut head = [0u8; 12];
+        let n = self.read_full(&mut head)?;
+        if n == head.len() && is_wav_magic(&head) {
+            let (format, data_bytes) = self.read_wav_header()?;
+            tracing::debug!(%format, "input has a WAV header");
+            return Ok((format, data_bytes));
+        }
+        buf.extend_from_slice(&head[..n]);
+        Ok((self.declared.clone(), None))
+    }
+
+    /// Reads WAV chunks after `RIFF....WAVE` up to the start of the sample
+    /// data. Returns the format and the data size (`None`: until EOF).
+    fn read_wav_header(&mut self) -> Result<(AudioFormat, Option<u64>), Halt> {
+        const TRUNCATED: &str = "the WAV header ends before its data chunk";
+        let mut format = None;
+        loop {
+            let mut header = [0u8; 8];
+            if self.read_full(&mut header)? < header.len() {
+                return Err(bad_wav(TRUNCATED));
+            }
+            let [i0, i1, i2, i3, s0, s1, s2, s3] = header;
+            let size = u32::from_le_bytes([s0, s1, s2, s3]);
+            match &[i0, i1, i2, i3] {
+                b"fmt " => {
+                    if format.is_some() {
+                        return Err(bad_wav("the WAV header has two fmt chunks"));
+                    }
+                    let len = usize::try_from(size)
+                        .ok()
+                        .filter(|len| (16..=MAX_FMT_BYTES).contains(len))
+                        .ok_or_else(|| {
+                            bad_wav(format!(
+                                "the WAV fmt chunk has {size} bytes, expected 16 to {MAX_FMT_BYTES}"
+                            ))
+                        })?;
+                    // RIFF chunks are padded to an even size; the pad byte is
+                    // not counted in the size.
+                    let mut body = vec![0u8; len + (len & 1)];
+                    if self.read_full(&mut body)? < body.len() {
+                        return Err(bad_wav(TRUNCATED));
+                    }
+                    format = Some(parse_fmt(&body[..len]).map_err(bad_wav)?);
+                }
+                b"data" => {
+                    let format = format
+                        .ok_or_else(|| bad_wav("the WAV data chunk comes before its fmt chunk"))?;
+                    // ffmpeg writing to a pipe cannot seek back to fill in the
+                    // size and leaves 0xFFFFFFFF (RF64 always does); others
+                    // leave 0.
+                    let data_bytes = match size {
+                        0 | u32::MAX => None,
+                        size => Some(u64::from(size)),
+                    };
+                    return Ok((format, data_bytes));
+                }
+                // LIST, fact, ds64 (RF64), bext, …: not needed to stream.
+                _ => {
+                    let len = u64::from(size) + u64::from(size & 1);
+                    if self.skip(len)? < len {
+                        return Err(bad_wav(TRUNCATED));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Streams raw audio in chunks of `chunk` bytes (whole frames), starting
+    /// with what `buf` holds. Stops at EOF, or after `data_bytes` if given,
+    /// then flushes the whole frames left and reports a partial one. Returns
+    /// whether it stopped at `data_bytes` rather than at EOF.
+    fn stream_raw(
+        &mut self,
+        mut buf: BytesMut,
+        frame: usize,
+        chunk: usize,
+        mut data_bytes: Option<u64>,
+    ) -> Result<bool, Halt> {
+        // Full chunks only until the end: a live source delivers one every
+        // chunk_ms anyway, so waiting for a full chunk costs at most one
+        // chunk of latency and keeps every chunk the same duration.
+        let at_data_end = loop {
+            while buf.len() >= chunk {
+                let audio = buf.split_to(chunk).freeze();
+                self.send(InputEvent::Audio(audio))?;
+            }
+            let mut want = chunk - buf.len();
+            if let Some(left) = data_bytes {
+                if left == 0 {
+                    break true;
+                }
+                want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+            }
+            let n = self.read_into(&mut buf, want)?;
+            if n == 0 {
+                break false;
+            }
+            if let Some(left) = &mut data_bytes {
+                // n <= want <= *left, so this cannot underflow.
+                *left -= n as u64;
+            }
+        };
+        let whole = buf.len() - buf.len() % frame;
+        if whole > 0 {
+            let audio = buf.split_to(whole).freeze();
+            self.send(InputEvent::Audio(audio))?;
+        }
+        if !buf.is_empty() {
+            self.send(InputEvent::PartialFrameDropped(buf.len()))?;
+        }
+        Ok(at_data_end)
+    }
+
+    /// Passes container bytes through, each read as it comes (up to
+    /// `container_chunk_bytes`): there are no frames to wait for.
+    fn stream_container(&mut self, mut buf: BytesMut) -> Result<(), Halt> {
+        let cap = self.container_chunk_bytes;
+        loop {
+            while buf.len() >= cap {
+                let audio = buf.split_to(cap).freeze();
+                self.send(InputEvent::Audio(audio))?;
+            }
+            let want = cap - buf.len();
+            let n = self.read_into(&mut buf, want)?;
+            if !buf.is_empty() {
+                let audio = buf.split().freeze();
+                self.send(InputEvent::Audio(audio))?;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads up to `want` bytes onto the end of `buf`. Returns the count (0 at
+    /// EOF).
+    fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> Result<usize, Halt> {
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let read = self.read_some(&mut buf[start..]);
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    /// Fills `out` unless EOF comes first. Returns the count read.
+    fn read_full(&mut self, out: &mut [u8]) -> Result<usize, Halt> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let n = self.read_some(&mut out[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
+    }
+
+    /// Reads and discards up to `len` bytes. Returns the count (less at EOF).
+    fn skip(&mut self, len: u64) -> Result<u64, Halt> {
+        let mut scratch = [0u8; SKIP_BUFFER_BYTES];
+        let mut skipped = 0;
+        while skipped < len {
+            let want = usize::try_from(len - skipped)
+                .map_or(scratch.len(), |left| left.min(scratch.len()));
+            let n = self.read_some(&mut scratch[..want])?;
+            if n == 0 {
+                break;
+            }
+            skipped += n as u64;
+        }
+        Ok(skipped)
+    }
+
+    /// One read: retries EINTR and waits out EAGAIN (a non-blocking stdin).
+    fn read_some(&mut self, out: &mut [u8]) -> Result<usize, Halt> {
+        loop {
+            match self.file.read(out) {
+                Ok(n) => return Ok(n),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.wait_readable()?,
+                Err(error) => return Err(read_failed(error)),
+            }
+        }
+    }
+
+    /// Blocks until `file` is readable or hung up, without spinning, or until
+    /// the receiver is dropped (then [`Halt::Closed`]).
+    fn wait_readable(&mut self) -> Result<(), Halt> {
+        let runtime = match self.waiter.take() {
+            Some(runtime) => runtime,
+            None => tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(read_failed)?,
+        };
+        // tokio's pipe receiver is the safe way to wait on an fd we keep
+        // (AsyncFd's safe constructor is deprecated; its replacement is
+        // unsafe), and works on any pollable fd: pipe, FIFO, tty, socket.
+        // It gets a duplicate (same open file description, so the same
+        // readiness); dropping it deregisters and closes only the dup.
+        let watched = self.file.try_clone().map_err(read_failed)?;
+        let tx = &self.tx;
+        let waited = runtime.block_on(async move {
+            let watched = pipe::Receiver::from_file_unchecked(watched).map_err(read_failed)?;
+            loop {
+                tokio::select! {
+                    ready = watched.ready(Interest::READABLE) => {
+                        let ready = ready.map_err(read_failed)?;
+                        // tokio allows an empty, spurious wake-up; reading on
+                        // one could mistake a FIFO without writer for EOF.
+                        if ready.is_readable() || ready.is_read_closed() {
+                            return Ok(());
+                        }
+                    }
+                    () = tx.closed() => return Err(Halt::Closed),
+                }
+            }
+        });
+        self.waiter = Some(runtime);
+        waited
+    }
+
+    /// Sends one event; [`Halt::Closed`] if the receiver is gone.
+    fn send(&self, event: InputEvent) -> Result<(), Halt> {
+        self.tx.blocking_send(event).map_err(|_| Halt::Closed)
+    }
+}
+
+/// Whether the first 12 bytes are `RIFF....WAVE` (or RF64, ffmpeg's WAV for
+/// streams over 4 GiB).
+fn is_wav_magic(head: &[u8; 12]) -> bool {
+    matches!(&head[..4], b"RIFF" | b"RF64") && &head[8..] == b"WAVE"
+}
+
+/// The stream format a WAV `fmt ` chunk body describes, or why it cannot be
+/// streamed.
+fn parse_fmt(body: &[u8]) -> Result<AudioFormat, String> {
+    const SHORT: &str = "the WAV fmt chunk is too short";
+    let tag = le_u16(body, 0).ok_or(SHORT)?;
+    let channels = le_u16(body, 2).ok_or(SHORT)?;
+    let rate = le_u32(body, 4).ok_or(SHORT)?;
+    let block_align = le_u16(body, 12).ok_or(SHORT)?;
+    let bits = le_u16(body, 14).ok_or(SHORT)?;
+    let codec = if tag == WAVE_FORMAT_EXTENSIBLE {
+        // cbSize, wValidBitsPerSample and dwChannelMask come first; the
+        // subformat GUID starts with the real format tag.
+        le_u16(body, 24).ok_or("the WAV fmt chunk is too short for WAVE_FORMAT_EXTENSIBLE")?
+    } else {
+        tag
+    };
+    let name = match (codec, bits) {
+        // 8-bit WAV PCM is unsigned; wider sizes are signed.
+        (WAVE_FORMAT_PCM, 8) => "pcm_u8",
+        (WAVE_FORMAT_PCM, 16) => "pcm_s16le",
+        (WAVE_FORMAT_PCM, 24) => "pcm_s24le",
+        (WAVE_FORMAT_PCM, 32) => "pcm_s32le",
+        (WAVE_FORMAT_IEEE_FLOAT, 32) => "pcm_f32le",
+        (WAVE_FORMAT_IEEE_FLOAT, 64) => "pcm_f64le",
+        (WAVE_FORMAT_ALAW, 8) => "alaw",
+        (WAVE_FORMAT_MULAW, 8) => "mulaw",
+        (WAVE_FORMAT_PCM | WAVE_FORMAT_IEEE_FLOAT | WAVE_FORMAT_ALAW | WAVE_FORMAT_MULAW, _) => {
+            return Err(format!("unsupported WAV sample size: {bits} bits"));
+        }
+        _ => {
+            return Err(format!(
+                "unsupported WAV encoding (format tag {codec:#06x}): \
+                 sttpipe streams PCM, IEEE float, A-law and µ-law WAV"
+            ));
+        }
+    };
+    if channels == 0 || rate == 0 {
+        return Err(format!(
+            "the WAV header declares {channels} channels at {rate} Hz"
+        ));
+    }
+    let format = AudioFormat::raw(name, rate, channels);
+    if format.bytes_per_frame() != Some(usize::from(block_align)) {
+        return Err(format!(
+            "the WAV block align ({block_align}) does not match {channels} channels of {bits} bits"
+        ));
+    }
+    Ok(format)
+}
+
+/// The little-endian `u16` at `at`, if `bytes` is long enough.
+fn le_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The little-endian `u32` at `at`, if `bytes` is long enough.
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc as std_mpsc;
+    use std::time::{Duration, Instant};
+
+    use nix::sys::stat::Mode;
+    use tokio::time::timeout;
+
+    /// How long any single wait in these tests may take before it fails.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// An event in a form tests can compare.
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Format(AudioFormat),
+        Audio(Vec<u8>),
+        WriterClosed,
+        Dropped(usize),
+        /// `Error::kind()` of the failure.
+        Failed(&'static str),
+    }
+
+    fn ev(event: InputEvent) -> Ev {
+        match event {
+            InputEvent::Format(format) => Ev::Format(format),
+            InputEvent::Audio(bytes) => Ev::Audio(bytes.to_vec()),
+            InputEvent::WriterClosed => Ev::WriterClosed,
+            InputEvent::PartialFrameDropped(n) => Ev::Dropped(n),
+            InputEvent::Failed(error) => Ev::Failed(error.kind()),
+        }
+    }
+
+    /// The next event, or `None` at the end; panics after [`WAIT`].
+    async fn next(rx: &mut mpsc::Receiver<InputEvent>) -> Option<Ev> {
+        timeout(WAIT, rx.recv())
+            .await
+            .expect("input event within the time limit")
+            .map(ev)
+    }
+
+    /// All events up to the end of input.
+    async fn collect(mut rx: mpsc::Receiver<InputEvent>) -> Vec<Ev> {
+        let mut events = Vec::new();
+        while let Some(event) = next(&mut rx).await {
+            events.push(event);
+        }
+        events
+    }
+
+    fn options(path: &Path) -> InputOptions {
+        InputOptions::new(Source::Path(path.to_owned()))
+    }
+
+    /// Writes `bytes` to a new file and reads it with `options`.
+    async fn read_file(bytes: &[u8], options: impl FnOnce(&Path) -> InputOptions) -> Vec<Ev> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, bytes).unwrap();
+        collect(spawn(options(&path)).unwrap()).await
+    }
+
+    /// Bytes 0, 1, 2, … wrapping, so misplaced bytes show.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn audio_lens(events: &[Ev]) -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Audio(bytes) => Some(bytes.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn audio_bytes(events: &[Ev]) -> Vec<u8> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Audio(bytes) => Some(bytes.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// A `fmt ` chunk body of 16 bytes.
+    fn fmt_body(tag: u16, channels: u16, rate: u32, bits: u16) -> Vec<u8> {
+        let align = channels * bits / 8;
+        let mut body = Vec::new();
+        body.extend(tag.to_le_bytes());
+        body.extend(channels.to_le_bytes());
+        body.extend(rate.to_le_bytes());
+        body.extend((rate * u32::from(align)).to_le_bytes());
+        body.extend(align.to_le_bytes());
+        body.extend(bits.to_le_bytes());
+        body
+    }
+
+    /// A WAVE_FORMAT_EXTENSIBLE `fmt ` chunk body (40 bytes).
+    fn fmt_extensible(sub_tag: u16, channels: u16, rate: u32, bits: u16) -> Vec<u8> {
+        let mut body = fmt_body(WAVE_FORMAT_EXTENSIBLE, channels, rate, bits);
+        body.extend(22u16.to_le_bytes()); // cbSize
+        body.extend(bits.to_le_bytes()); // valid bits
+        body.extend(3u32.to_le_bytes()); // channel mask
+        body.extend(sub_tag.to_le_bytes());
+        body.extend([0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71]);
+        body
+    }
+
+    /// One RIFF chunk, padded to an even size.
+    fn chunk(id: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = id.to_vec();
+        out.extend(u32::try_from(body.len()).unwrap().to_le_bytes());
+        out.extend(body);
+        if body.len() % 2 == 1 {
+            out.push(0);
+        }
+        out
+    }
+
+    /// `RIFF` + size + `WAVE` + chunks; the RIFF size is left as ffmpeg leaves
+    /// it on a pipe (0xFFFFFFFF), which readers ignore.
+    fn riff(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = b"RIFF\xff\xff\xff\xffWAVE".to_vec();
+        for c in chunks {
+            out.extend(c);
+        }
+        out
+    }
+
+    /// A data chunk header with a given size field, then `samples`.
+    fn data_with_size(size: u32, samples: &[u8]) -> Vec<u8> {
+        let mut out = b"data".to_vec();
+        out.extend(size.to_le_bytes());
+        out.extend(samples);
+        out
+    }
+
+    #[tokio::test]
+    async fn raw_mono_chunks_are_whole_chunk_ms() {
+        let input = pattern(10_000);
+        let events = read_file(&input, options).await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        // 100 ms of s16le 16 kHz mono = 3200 bytes; the tail is whole frames.
+        assert_eq!(audio_lens(&events), [3200, 3200, 3200, 400]);
+        assert_eq!(audio_bytes(&events), input);
+        assert_eq!(events.len(), 5, "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn raw_stereo_24_bit_chunks_are_whole_frames() {
+        // 10 ms of s24le 48 kHz stereo = 480 frames of 6 bytes.
+        let input = pattern(2880 * 2 + 6 * 5 + 4);
+        let events = read_file(&input, |path| InputOptions {
+            format: AudioFormat::raw("pcm_s24le", 48_000, 2),
+            format_explicit: true,
+            chunk_ms: 10,
+            ..options(path)
+        })
+        .await;
+        assert_eq!(
+            events[0],
+            Ev::Format(AudioFormat::raw("pcm_s24le", 48_000, 2))
+        );
+        assert_eq!(audio_lens(&events), [2880, 2880, 30]);
+        assert_eq!(events.last(), Some(&Ev::Dropped(4)));
+        assert_eq!(audio_bytes(&events), input[..input.len() - 4]);
+    }
+
+    #[tokio::test]
+    async fn odd_byte_count_drops_the_partial_frame() {
+        let input = pattern(3201);
+        let events = read_file(&input, options).await;
+        assert_eq!(
+            events,
+            [
+                Ev::Format(AudioFormat::default_pcm()),
+                Ev::Audio(input[..3200].to_vec()),
+                Ev::Dropped(1),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_input_still_reports_its_format() {
+        let events = read_file(&[], options).await;
+        assert_eq!(events, [Ev::Format(AudioFormat::default_pcm())]);
+    }
+
+    #[tokio::test]
+    async fn short_non_wav_input_is_not_lost_when_sniffing() {
+        let events = read_file(b"hello", options).await;
+        assert_eq!(
+            events,
+            [
+                Ev::Format(AudioFormat::default_pcm()),
+                Ev::Audio(b"hell".to_vec()),
+                Ev::Dropped(1),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn riff_that_is_not_wave_is_audio() {
+        let mut input = b"RIFF\x10\x00\x00\x00AVI LIST".to_vec();
+        input.extend(pattern(4000));
+        let events = read_file(&input, options).await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        assert_eq!(audio_bytes(&events), input);
+    }
+
+    #[tokio::test]
+    async fn wav_pcm16_with_list_before_data() {
+        let samples = pattern(8000 * 2 * 2 / 10 * 3 + 2);
+        let input = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 2, 8000, 16)),
+            chunk(b"LIST", b"INFOISFT\x05\x00\x00\x00Lavf\x00"), // odd size: padded
+            chunk(b"data", &samples),
+        ]);
+        let events = read_file(&input, options).await;
+        assert_eq!(
+            events[0],
+            Ev::Format(AudioFormat::raw("pcm_s16le", 8000, 2))
+        );
+        // 100 ms at 8 kHz stereo s16 = 3200 bytes; 2 bytes left are half a frame.
+        assert_eq!(audio_lens(&events), [3200, 3200, 3200]);
+        assert_eq!(events.last(), Some(&Ev::Dropped(2)));
+        assert_eq!(audio_bytes(&events), samples[..9600]);
+    }
+
+    #[tokio::test]
+    async fn wav_kinds_map_to_raw_formats() {
+        let cases = [
+            (fmt_body(1, 1, 8000, 8), AudioFormat::raw("pcm_u8", 8000, 1)),
+            (
+                fmt_body(1, 1, 16000, 24),
+                AudioFormat::raw("pcm_s24le", 16000, 1),
+            ),
+            (
+                fmt_body(1, 2, 44100, 32),
+                AudioFormat::raw("pcm_s32le", 44100, 2),
+            ),
+            (
+                fmt_body(3, 2, 48000, 32),
+                AudioFormat::raw("pcm_f32le", 48000, 2),
+            ),
+            (
+                fmt_body(3, 1, 22050, 64),
+                AudioFormat::raw("pcm_f64le", 22050, 1),
+            ),
+            (fmt_body(6, 1, 8000, 8), AudioFormat::raw("alaw", 8000, 1)),
+            (fmt_body(7, 1, 8000, 8), AudioFormat::raw("mulaw", 8000, 1)),
+            (
+                fmt_extensible(1, 2, 48000, 24),
+                AudioFormat::raw("pcm_s24le", 48000, 2),
+            ),
+            (
+                fmt_extensible(3, 2, 48000, 32),
+                AudioFormat::raw("pcm_f32le", 48000, 2),
+            ),
+        ];
+        for (fmt, expected) in cases {
+            let frame = expected.bytes_per_frame().unwrap();
+            let samples = pattern(frame * 10);
+            let input = riff(&[chunk(b"fmt ", &fmt), chunk(b"data", &samples)]);
+            let events = read_file(&input, options).await;
+            assert_eq!(events[0], Ev::Format(expected), "{events:?}");
+            assert_eq!(audio_bytes(&events), samples);
+            assert_eq!(events.len(), 2, "{events:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn wav_data_size_is_honoured_and_trailing_chunks_skipped() {
+        let samples = pattern(1000);
+        let input = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 1, 16000, 16)),
+            chunk(b"data", &samples),
+            chunk(b"LIST", b"INFOIART\x04\x00\x00\x00abc\x00"),
+        ]);
+        let events = read_file(&input, options).await;
+        assert_eq!(
+            events,
+            [Ev::Format(AudioFormat::default_pcm()), Ev::Audio(samples),]
+        );
+    }
+
+    #[tokio::test]
+    async fn ffmpeg_streamed_wav_reads_to_eof() {
+        // ffmpeg -f wav - on a pipe: RIFF and data sizes 0xFFFFFFFF, a LIST
+        // chunk between fmt and data.
+        let samples = pattern(7001);
+        let mut input = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 1, 16000, 16)),
+            chunk(b"LIST", b"INFOISFT\x0e\x00\x00\x00Lavf61.7.100\x00\x00"),
+        ]);
+        input.extend(data_with_size(u32::MAX, &samples));
+        let events = read_file(&input, options).await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        assert_eq!(audio_lens(&events), [3200, 3200, 600]);
+        assert_eq!(events.last(), Some(&Ev::Dropped(1)));
+
+        // A data size of 0 means the same.
+        let mut input = riff(&[chunk(b"fmt ", &fmt_body(1, 1, 16000, 16))]);
+        input.extend(data_with_size(0, &samples[..6400]));
+        let events = read_file(&input, options).await;
+        assert_eq!(audio_bytes(&events), samples[..6400]);
+    }
+
+    #[tokio::test]
+    async fn wav_header_overrides_the_default_and_auto() {
+        let samples = pattern(800);
+        let input = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 1, 8000, 16)),
+            chunk(b"data", &samples),
+        ]);
+        for declared in ["auto", "wav"] {
+            let events = read_file(&input, |path| InputOptions {
+                format: AudioFormat::container(declared),
+                format_explicit: true,
+                ..options(path)
+            })
+            .await;
+            assert_eq!(
+                events[0],
+                Ev::Format(AudioFormat::raw("pcm_s16le", 8000, 1))
+            );
+            assert_eq!(audio_bytes(&events), samples);
+        }
+    }
+
+    #[tokio::test]
+    async fn explicit_raw_format_disables_sniffing() {
+        let input = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 1, 8000, 16)),
+            chunk(b"data", &pattern(800)),
+        ]);
+        let events = read_file(&input, |path| InputOptions {
+            format_explicit: true,
+            ..options(path)
+        })
+        .await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        assert_eq!(audio_bytes(&events), input);
+    }
+
+    #[tokio::test]
+    async fn auto_without_riff_passes_container_bytes_through() {
+        let input = pattern(10_000);
+        let events = read_file(&input, |path| InputOptions {
+            format: AudioFormat::container("auto"),
+            format_explicit: true,
+            container_chunk_bytes: 4096,
+            ..options(path)
+        })
+        .await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::container("auto")));
+        assert!(audio_lens(&events).iter().all(|&len| len <= 4096));
+        assert_eq!(audio_bytes(&events), input);
+        assert!(!events.iter().any(|e| matches!(e, Ev::Dropped(_))));
+    }
+
+    #[tokio::test]
+    async fn bad_wavs_fail_with_bad_audio() {
+        let fmt16 = chunk(b"fmt ", &fmt_body(1, 1, 16000, 16));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "truncated fmt",
+                riff(&[])[..12]
+                    .iter()
+                    .chain(&fmt16[..14])
+                    .copied()
+                    .collect(),
+            ),
+            ("no data chunk", riff(std::slice::from_ref(&fmt16))),
+            (
+                "data before fmt",
+                riff(&[chunk(b"data", &[0; 4]), fmt16.clone()]),
+            ),
+            (
+                "12-bit PCM",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(1, 1, 16000, 12)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "MS ADPCM",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(2, 1, 16000, 4)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "extensible MP3",
+                riff(&[
+                    chunk(b"fmt ", &fmt_extensible(0x55, 1, 16000, 16)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "extensible too short",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(WAVE_FORMAT_EXTENSIBLE, 1, 16000, 16)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "zero channels",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(1, 0, 16000, 16)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "short fmt",
+                riff(&[chunk(b"fmt ", &[1, 0, 1, 0]), chunk(b"data", &[0; 4])]),
+            ),
+            (
+                "LIST past the end",
+                riff(&[fmt16.clone(), b"LIST\x00\x01\x00\x00INFO".to_vec()]),
+            ),
+        ];
+        for (what, input) in cases {
+            let events = read_file(&input, options).await;
+            assert_eq!(events, [Ev::Failed("bad_audio")], "{what}");
+        }
+
+        let mut misaligned = fmt_body(1, 2, 16000, 16);
+        misaligned[12] = 3; // block align 3 for 2 × 16 bits
+        let events = read_file(
+            &riff(&[chunk(b"fmt ", &misaligned), chunk(b"data", &[0; 4])]),
+            options,
+        )
+        .await;
+        assert_eq!(events, [Ev::Failed("bad_audio")]);
+    }
+
+    #[test]
+    fn bad_audio_messages_say_why() {
+        let err = parse_fmt(&fmt_body(1, 1, 16000, 12)).unwrap_err();
+        assert_eq!(err, "unsupported WAV sample size: 12 bits");
+        let err = parse_fmt(&fmt_body(2, 1, 16000, 4)).unwrap_err();
+        assert!(err.contains("format tag 0x0002"), "{err}");
+    }
+
+    #[test]
+    fn missing_path_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.raw");
+        match spawn(options(&path)) {
+            Err(Error::InputMissing {
+                path: reported,
+                source,
+            }) => {
+                assert_eq!(reported, path);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected InputMissing, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn directory_is_input_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = spawn(options(dir.path()));
+        assert!(
+            matches!(result, Err(Error::InputMissing { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_input_missing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.raw");
+        std::fs::write(&path, [0; 4]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if File::open(&path).is_ok() {
+            // Running as root (or with CAP_DAC_OVERRIDE): permissions do not apply.
+            return;
+        }
+        let result = spawn(options(&path));
+        assert!(
+            matches!(&result, Err(Error::InputMissing { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied),
+            "{result:?}"
+        );
+    }
+
+    /// A FIFO in a fresh tempdir (kept alive by the returned guard).
+    fn fifo() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.fifo");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        (dir, path)
+    }
+
+    /// `spawn`, failing the test if it blocks.
+    fn spawn_bounded(options: InputOptions) -> mpsc::Receiver<InputEvent> {
+        let (done_tx, done_rx) = std_mpsc::channel();
+        std::thread::spawn(move || done_tx.send(spawn(options)));
+        done_rx
+            .recv_timeout(WAIT)
+            .expect("spawn returns without waiting for a writer")
+            .unwrap()
+    }
+
+    /// Writes each of `writers` in turn, as separate opens of the FIFO, from a
+    /// thread. The result arrives on the returned channel.
+    fn write_in_turn(path: &Path, writers: Vec<Vec<u8>>) -> std_mpsc::Receiver<io::Result<()>> {
+        write_with_gaps(path, writers, |_| Duration::ZERO)
+    }
+
+    /// As [`write_in_turn`], pausing `gap(i)` before writer `i` opens. The
+    /// gaps only vary how writers interleave with the reader's reopen; no
+    /// assertion depends on them.
+    fn write_with_gaps(
+        path: &Path,
+        writers: Vec<Vec<u8>>,
+        gap: impl Fn(usize) -> Duration + Send + 'static,
+    ) -> std_mpsc::Receiver<io::Result<()>> {
+        let path = path.to_owned();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            let result = writers.iter().enumerate().try_for_each(|(i, bytes)| {
+                std::thread::sleep(gap(i));
+                let mut writer = OpenOptions::new().write(true).open(&path)?;
+                writer.write_all(bytes)
+            });
+            let _ = done_tx.send(result);
+        });
+        done_rx
+    }
+
+    /// Whether this process holds an fd open on `path`.
+    fn holds_open(path: &Path) -> bool {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .any(|target| target == path)
+    }
+
+    #[tokio::test]
+    async fn fifo_waits_for_its_writer_and_ends_at_its_eof() {
+        let (_dir, path) = fifo();
+        let mut rx = spawn_bounded(options(&path));
+        // No writer yet: the reader must wait, not take the empty FIFO for EOF.
+        assert!(
+            timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err()
+        );
+
+        let input = pattern(6401);
+        let done = write_in_turn(&path, vec![input.clone()]);
+        let events = collect(rx).await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        assert_eq!(audio_bytes(&events), input[..6400]);
+        assert_eq!(events.last(), Some(&Ev::Dropped(1)));
+        assert!(!events.contains(&Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn follow_reads_writer_after_writer() {
+        let (_dir, path) = fifo();
+        let mut rx = spawn_bounded(InputOptions {
+            follow: true,
+            ..options(&path)
+        });
+
+        let first = pattern(3201);
+        let done = write_in_turn(&path, vec![first.clone()]);
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Format(AudioFormat::default_pcm()))
+        );
+        assert_eq!(next(&mut rx).await, Some(Ev::Audio(first[..3200].to_vec())));
+        assert_eq!(next(&mut rx).await, Some(Ev::Dropped(1)));
+        assert_eq!(next(&mut rx).await, Some(Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+        // The new reader must not see EOF before a writer comes (no busy loop
+        // of WriterClosed events).
+        assert!(
+            timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err()
+        );
+
+        // The second writer opens once the first has gone: it must find a
+        // reader and never get EPIPE (the write result says so).
+        let second = pattern(6400);
+        let done = write_in_turn(&path, vec![second.clone()]);
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Audio(second[..3200].to_vec()))
+        );
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Audio(second[3200..].to_vec()))
+        );
+        assert_eq!(next(&mut rx).await, Some(Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn follow_survives_writers_in_quick_succession() {
+        let (_dir, path) = fifo();
+        let mut rx = spawn_bounded(InputOptions {
+            follow: true,
+            ..options(&path)
+        });
+        // Each writer opens the moment the previous one closes, racing the
+        // reader's reopen. None may see EPIPE and no byte may be lost;
+        // writers that overlap the reopen may merge into one stream.
+        let writers: Vec<Vec<u8>> = (0..1000).map(|i| vec![(i % 251) as u8; 64]).collect();
+        let expected: Vec<u8> = writers.concat();
+        // Gaps of 0 to 300 µs let some writers start right after the reader
+        // saw EOF, inside the reopen, and others merge.
+        let done = write_with_gaps(&path, writers, |i| {
+            Duration::from_micros((i as u64 % 4) * 100)
+        });
+        let mut received = Vec::new();
+        let mut writers_done = false;
+        let deadline = Instant::now() + WAIT;
+        while received.len() < expected.len() {
+            // A writer's EPIPE ends its thread early, and the reader then
+            // waits for bytes that never come: report the EPIPE, not a hang.
+            if let Ok(result) = done.try_recv() {
+                result.expect("writers never meet EPIPE");
+                writers_done = true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "got {} of {} bytes",
+                received.len(),
+                expected.len()
+            );
+            match timeout(Duration::from_millis(50), rx.recv())
+                .await
+                .map(|e| e.map(ev))
+            {
+                Ok(Some(Ev::Audio(bytes))) => received.extend(bytes),
+                Ok(Some(Ev::Format(_) | Ev::WriterClosed)) | Err(_) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(received, expected);
+        if !writers_done {
+            done.recv_timeout(WAIT).unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn follow_sniffs_each_writer() {
+        let (_dir, path) = fifo();
+        let mut rx = spawn_bounded(InputOptions {
+            follow: true,
+            ..options(&path)
+        });
+        let raw = pattern(3200);
+        let samples = pattern(1600);
+        let wav = riff(&[
+            chunk(b"fmt ", &fmt_body(1, 1, 8000, 16)),
+            data_with_size(u32::MAX, &samples),
+        ]);
+        let done = write_in_turn(&path, vec![raw.clone()]);
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Format(AudioFormat::default_pcm()))
+        );
+        assert_eq!(next(&mut rx).await, Some(Ev::Audio(raw.clone())));
+        assert_eq!(next(&mut rx).await, Some(Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+
+        let done = write_in_turn(&path, vec![wav]);
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Format(AudioFormat::raw("pcm_s16le", 8000, 1)))
+        );
+        assert_eq!(next(&mut rx).await, Some(Ev::Audio(samples)));
+        assert_eq!(next(&mut rx).await, Some(Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+
+        // Back to the declared format for a writer without a header. (Each
+        // writer starts after the reader saw the previous one close: writers
+        // that overlap merge into one stream, header and all.)
+        let done = write_in_turn(&path, vec![raw.clone()]);
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Format(AudioFormat::default_pcm()))
+        );
+        assert_eq!(next(&mut rx).await, Some(Ev::Audio(raw)));
+        assert_eq!(next(&mut rx).await, Some(Ev::WriterClosed));
+        done.recv_timeout(WAIT).unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_receiver_releases_a_waiting_fifo() {
+        let (_dir, path) = fifo();
+        let rx = spawn_bounded(options(&path));
+        assert!(holds_open(&path));
+        drop(rx);
+        // The thread, waiting for a writer, must notice and close the FIFO.
+        let deadline = Instant::now() + WAIT;
+        while holds_open(&path) {
+            assert!(Instant::now() < deadline, "the reader still holds the FIFO");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn nonblocking_stream_waits_instead_of_failing() {
+        // As when a parent left stdin O_NONBLOCK: reads return EAGAIN.
+        let (reader, mut writer) = io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(reader));
+        let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL).unwrap());
+        fcntl(&file, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+        let rx = start(file, None, &InputOptions::new(Source::Stdin)).unwrap();
+
+        let input = pattern(4000);
+        let to_write = input.clone();
+        std::thread::spawn(move || writer.write_all(&to_write));
+        let events = collect(rx).await;
+        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
+        assert_eq!(audio_lens(&events), [3200, 800]);
+        assert_eq!(audio_bytes(&events), input);
+    }
+
+    #[tokio::test]
+    async fn follow_on_an_unnamed_pipe_path_reads_to_eof() {
+        // `sttpipe --follow /dev/fd/63` from bash's `<(command)`: the writer's
+        // EOF ends the input instead of a loop of WriterClosed.
+        let (reader, mut writer) = io::pipe().unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", reader.as_fd().as_raw_fd()));
+        let rx = spawn(InputOptions {
+            follow: true,
+            ..options(&path)
+        })
+        .unwrap();
+        drop(reader);
+        let input = pattern(3200);
+        writer.write_all(&input).unwrap();
+        drop(writer);
+        let events = collect(rx).await;
+        assert_eq!(
+            events,
+            [Ev::Format(AudioFormat::default_pcm()), Ev::Audio(input)]
+        );
+    }
+
+    #[tokio::test]
+    async fn backpressure_stops_reading_while_the_queue_is_full() {
+        let input = pattern(3200 * 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, &input).unwrap();
+        let mut rx = spawn(InputOptions {
+            queue_chunks: 2,
+            ..options(&path)
+        })
+        .unwrap();
+        // The bound holds however long the consumer waits.
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Ev::Format(AudioFormat::default_pcm()))
+        );
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < deadline {
+            assert!(rx.len() <= 2);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let events = collect(rx).await;
+        assert_eq!(events.len(), 20);
+    }
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the built `sttpipe` binary against the in-process
+//! Soniox emulator, run as a user would run it.
+
+// One test crate: `pub` in its modules only shares fixtures between them.
+#![allow(unreachable_pub)]
+
+// Shared fixtures: running the binary, marker audio, assertions.
+mod util;
+
+// The filter end to end: words, timestamps, pacing, flags, keys, exit statuses.
+mod filter;
+// Input edge cases: empty input, odd byte counts, WAV headers, FIFOs.
+mod input;
+// Signals and a closed stdout.
+mod signals;
