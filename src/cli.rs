@@ -168,6 +168,36 @@ pub struct Opts {
     #[arg(long, value_name = "PATH", help_heading = "Service")]
     pub ca_file: Option<PathBuf>,
 
+    /// Keep up to SECS of audio that no final token covers yet, to replay
+    /// into a new upstream session after a failure. Past it, the oldest
+    /// audio is dropped and an `overrun` event names the lost range.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300,
+        help_heading = "Service"
+    )]
+    pub replay_buffer: u64,
+
+    /// The service's limit on one session (Soniox: 300 minutes). sttpipe
+    /// opens the next session before it and hands over without a gap.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 18_000,
+        help_heading = "Service"
+    )]
+    pub max_session: u64,
+
+    /// Give up reconnecting after SECS without a working upstream session.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300,
+        help_heading = "Service"
+    )]
+    pub retry_budget: u64,
+
     /// After SIGINT or SIGTERM, wait at most SECS for the final tokens.
     #[arg(
         long,

@@ -87,6 +87,40 @@ impl fmt::Debug for ApiKey {
     }
 }
 
+/// How fast time runs: `STTPIPE_PACE_FACTOR` (default 1) runs pacing and
+/// every protocol timer that many times faster, so tests can stream an hour
+/// in minutes. Audio timestamps are audio time and never scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Real-time speed-up; always finite and > 0.
+    pub factor: f64,
+}
+
+impl Timing {
+    /// Real time.
+    pub const REAL: Timing = Timing { factor: 1.0 };
+
+    /// The wall time that stands for `duration` of real time.
+    pub fn wall(self, duration: Duration) -> Duration {
+        duration.div_f64(self.factor)
+    }
+
+    /// Reads `STTPIPE_PACE_FACTOR`.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Timing> {
+        match env("STTPIPE_PACE_FACTOR").filter(|v| !v.is_empty()) {
+            None => Ok(Timing::REAL),
+            Some(value) => match value.parse::<f64>() {
+                Ok(factor) if factor.is_finite() && factor > 0.0 && factor <= 1000.0 => {
+                    Ok(Timing { factor })
+                }
+                _ => Err(Error::Config(format!(
+                    "STTPIPE_PACE_FACTOR must be a number above 0 and at most 1000, not {value:?}"
+                ))),
+            },
+        }
+    }
+}
+
 /// Where and how the Soniox engine connects.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -96,6 +130,8 @@ pub struct ServiceConfig {
     pub api_key: ApiKey,
     /// PEM file of trusted CAs replacing the built-in roots.
     pub ca_file: Option<PathBuf>,
+    /// Time scale of the protocol timers (keepalive, half-open detection).
+    pub timing: Timing,
 }
 
 /// How the session core treats its input and upstream.
@@ -113,6 +149,14 @@ pub struct SessionConfig {
     pub drain_timeout: Duration,
     /// Largest lead over real time allowed to input that comes faster.
     pub max_lead: Duration,
+    /// Audio kept for replay after a failure.
+    pub replay_buffer: Duration,
+    /// The service's cap on one upstream session; rotation comes before it.
+    pub max_session: Duration,
+    /// Longest outage before giving up.
+    pub retry_budget: Duration,
+    /// Time scale of pacing and every timer above.
+    pub timing: Timing,
 }
 
 /// Everything the filter needs, resolved from the command line.
@@ -155,6 +199,12 @@ impl FilterConfig {
             )));
         }
         let api_key = load_api_key(opts.api_key_file.as_deref(), env)?;
+        let timing = Timing::from_env(env)?;
+        if opts.max_session < 3 {
+            return Err(Error::Usage(
+                "--max-session must be at least 3 seconds".into(),
+            ));
+        }
         Ok(FilterConfig {
             input: InputOptions {
                 source: match opts.input {
@@ -175,11 +225,16 @@ impl FilterConfig {
                 idle_close: (opts.idle_close > 0).then(|| Duration::from_secs(opts.idle_close)),
                 drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
                 max_lead: MAX_LEAD,
+                replay_buffer: Duration::from_secs(opts.replay_buffer),
+                max_session: Duration::from_secs(opts.max_session),
+                retry_budget: Duration::from_secs(opts.retry_budget),
+                timing,
             },
             service: ServiceConfig {
                 url,
                 api_key,
                 ca_file: opts.ca_file,
+                timing,
             },
             text_output: opts.format == crate::cli::OutputFormat::Text,
         })

@@ -76,12 +76,25 @@ pub enum Error {
         /// Soniox's `error_message`.
         message: String,
     },
+    /// The connection went silent while an answer was owed (half-open).
+    #[error("connection stalled: {0}")]
+    Stalled(String),
     /// The service sent something that breaks the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// Writing the output failed (other than a closed pipe, which is a quiet stop).
     #[error("writing output: {0}")]
     Output(#[source] io::Error),
+    /// Reconnecting failed for longer than the retry budget.
+    #[error("gave up after {budget_secs} s of failed reconnects: {last}")]
+    RetryBudgetSpent {
+        /// The budget, in seconds.
+        budget_secs: u64,
+        /// The last failure.
+        last: Box<Error>,
+        /// Whether the service answered at all during the stream.
+        reached: bool,
+    },
     /// An invariant broke: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,7 +129,7 @@ impl Error {
                 transient: true, ..
             } => EXIT_UNAVAILABLE,
             Error::Connect { .. } => EXIT_CONFIG,
-            Error::Disconnected(_) => EXIT_TEMPFAIL,
+            Error::Disconnected(_) | Error::Stalled(_) => EXIT_TEMPFAIL,
             Error::Service { code, message, .. } => match code {
                 400 if is_audio_complaint(message) => EXIT_DATAERR,
                 400 => EXIT_USAGE,
@@ -126,6 +139,8 @@ impl Error {
             },
             Error::Protocol(_) => EXIT_UNAVAILABLE,
             Error::Output(_) => EXIT_IOERR,
+            Error::RetryBudgetSpent { reached: true, .. } => EXIT_TEMPFAIL,
+            Error::RetryBudgetSpent { .. } => EXIT_UNAVAILABLE,
             Error::Internal(_) => EXIT_SOFTWARE,
         }
     }
@@ -140,9 +155,11 @@ impl Error {
             Error::BadAudio(_) => "bad_audio",
             Error::Connect { .. } => "connect",
             Error::Disconnected(_) => "disconnected",
+            Error::Stalled(_) => "stalled",
             Error::Service { .. } => "service",
             Error::Protocol(_) => "protocol",
             Error::Output(_) => "output",
+            Error::RetryBudgetSpent { .. } => "retry_budget",
             Error::Internal(_) => "internal",
         }
     }
@@ -151,7 +168,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { transient, .. } => *transient,
-            Error::Disconnected(_) => true,
+            Error::Disconnected(_) | Error::Stalled(_) => true,
             Error::Service { code, .. } => matches!(code, 408 | 429 | 500 | 503),
             _ => false,
         }

@@ -51,6 +51,10 @@ pub struct Token {
     /// The spoken language of a translated token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_language: Option<String>,
+    /// The upstream session (1-based) that recognised it: speaker labels
+    /// restart with each. Set by sttpipe, not by Soniox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<u32>,
 }
 
 impl Token {
@@ -106,6 +110,27 @@ pub enum Event {
         /// End of the last final token before it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         end_ms: Option<u64>,
+    },
+    /// A new upstream session took over; the stream goes on, one timeline.
+    Reconnect {
+        /// Why: `dropped`, `error`, `stalled` or `rotation`.
+        reason: String,
+        /// The new upstream session (1-based).
+        upstream: u32,
+        /// Wall time without a working upstream session, ms.
+        gap_ms: u64,
+        /// Audio replayed into the new session, ms.
+        replayed_ms: u64,
+        /// The failure, for people.
+        message: String,
+    },
+    /// Audio was lost: it left the replay buffer before any session made it
+    /// final. Times on the stream's timeline.
+    Overrun {
+        /// Start of the lost audio, ms.
+        start_ms: u64,
+        /// End of the lost audio, ms.
+        end_ms: u64,
     },
     /// The stream failed; the process exits with `exit_code`.
     Error {
@@ -164,6 +189,7 @@ mod tests {
             language: None,
             translation_status: None,
             source_language: None,
+            upstream: None,
         });
         assert_eq!(
             serde_json::to_string(&token).unwrap(),

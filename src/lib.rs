@@ -46,4 +46,6 @@ pub mod input;
 pub mod logging;
 pub mod output;
 pub mod pacer;
+pub mod replay;
+pub mod retry;
 pub mod session;

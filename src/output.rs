@@ -14,8 +14,11 @@ use tokio::sync::mpsc;
 
 use crate::event::Event;
 
-/// Events queued towards the writer thread.
-pub const OUTPUT_QUEUE: usize = 256;
+/// Events queued towards the writer thread: enough for hours of transcript,
+/// so a paused consumer (`less`, a slow `jq`) never holds up the audio or
+/// lets the upstream session time out. Past it, `partial` events are dropped
+/// and other events wait for room (backpressure).
+pub const OUTPUT_QUEUE: usize = 65_536;
 
 /// How the writer thread ended.
 #[derive(Debug)]
@@ -205,6 +208,7 @@ mod tests {
             language: None,
             translation_status: None,
             source_language: None,
+            upstream: None,
         })
     }
 

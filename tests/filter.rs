@@ -253,9 +253,10 @@ async fn bad_flags_exit_64() {
     assert!(out.stdout.contains("--follow"));
 }
 
-/// The service cannot be reached: exit 69, one line.
+/// The service cannot be reached: retried within --retry-budget, then
+/// exit 69 (never reached), one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_service_exits_69() {
+async fn unreachable_service_exits_69_after_the_retry_budget() {
     // A port that was just free: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -263,41 +264,46 @@ async fn unreachable_service_exits_69() {
         .unwrap()
         .port();
     let url = format!("ws://127.0.0.1:{port}/transcribe-websocket");
-    let out = util::run(
-        util::sttpipe(Some(&url), Some(KEY)),
-        util::marker_audio(1, 400, 800).1,
-    )
-    .await;
+    let mut command = util::sttpipe(Some(&url), Some(KEY));
+    command.args(["--retry-budget", "2"]);
+    let out = util::run(command, util::marker_audio(1, 400, 800).1).await;
     assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
-        out.stderr
-            .starts_with("sttpipe: cannot reach ws://127.0.0.1:"),
+        out.stderr.starts_with(
+            "sttpipe: gave up after 2 s of failed reconnects: cannot reach ws://127.0.0.1:"
+        ),
         "{}",
         out.stderr
     );
+    assert!(
+        out.elapsed >= Duration::from_millis(1_500),
+        "no retries: {:?}",
+        out.elapsed
+    );
 }
 
-/// Service error frames become clear messages and their exit statuses.
+/// Fatal service errors end the stream at once with their exit statuses;
+/// temporary ones are retried until the budget is spent (then 75).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_errors_map_to_exit_statuses() {
     for (code, exit) in [
+        (402, 69),
+        (400, 64),
+        (401, 77),
         (503, 75),
         (429, 75),
         (500, 75),
-        (402, 69),
         (408, 75),
-        (400, 64),
     ] {
         let emulator = util::emulator(EmulatorConfig {
-            reject_connects: vec![code],
+            reject_connects: vec![code; 50],
             ..EmulatorConfig::default()
         })
         .await;
-        let out = util::run(
-            util::sttpipe(Some(&emulator.url()), Some(KEY)),
-            util::marker_audio(2, 400, 1_000).1,
-        )
-        .await;
+        let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
+        command.args(["--retry-budget", "1"]);
+        let out = util::run(command, util::marker_audio(2, 400, 1_000).1).await;
         assert_eq!(out.code(), Some(exit), "{code}: {}", out.stderr);
         assert_eq!(out.stderr.lines().count(), 1, "{code}: {}", out.stderr);
         assert!(
@@ -305,7 +311,18 @@ async fn service_errors_map_to_exit_statuses() {
             "{code}: {}",
             out.stderr
         );
-        assert_eq!(out.of_type("error")[0]["status"], code);
+        let connects = emulator.sessions().len();
+        if exit == 75 {
+            assert!(
+                out.stderr.starts_with("sttpipe: gave up after 1 s"),
+                "{}",
+                out.stderr
+            );
+            assert!(connects > 1, "{code} was not retried");
+        } else {
+            assert_eq!(connects, 1, "{code} is fatal but was retried");
+            assert_eq!(out.of_type("error")[0]["status"], code);
+        }
     }
     // A model the service does not know.
     let emulator = util::emulator(EmulatorConfig::default()).await;

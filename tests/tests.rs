@@ -13,3 +13,5 @@ mod filter;
 mod input;
 // Signals and a closed stdout.
 mod signals;
+// TLS with a private CA, and certificate errors.
+mod tls;

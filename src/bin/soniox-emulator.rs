@@ -2,7 +2,8 @@
 //! WebSocket API, and a generator of the marker audio it "recognises".
 //!
 //! `serve` runs the emulator (see `sttpipe::emulator`) until SIGINT or
-//! SIGTERM, printing its WebSocket URL as the first line on stdout.
+//! SIGTERM, printing its WebSocket URL as the first line on stdout; with
+//! `--tls-cert` and `--tls-key` it serves `wss://`.
 //! `markers` writes pcm_s16le audio carrying word markers; `decode` lists the
 //! markers found in such audio.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use sttpipe::emulator::marker;
-use sttpipe::emulator::{Emulator, EmulatorConfig};
+use sttpipe::emulator::{Emulator, EmulatorConfig, TlsIdentity};
 
 /// A local emulator of the Soniox real-time speech-to-text WebSocket API.
 ///
@@ -30,8 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the emulator until SIGINT/SIGTERM. Prints the ws:// URL as the
-    /// first line on stdout; logs go to stderr (filter with RUST_LOG).
+    /// Run the emulator until SIGINT/SIGTERM. Prints the ws:// (or, with
+    /// --tls-cert/--tls-key, wss://) URL as the first line on stdout; logs
+    /// go to stderr (filter with RUST_LOG).
     Serve(ServeArgs),
     /// Write pcm_s16le marker audio (silence carrying words) to stdout or a file.
     Markers(MarkersArgs),
@@ -89,6 +91,12 @@ struct ServeArgs {
     /// Fault: reject the first sessions with these codes, in order (e.g. 503,429).
     #[arg(long, value_name = "CODES", value_delimiter = ',')]
     reject_connects: Vec<u16>,
+    /// Serve wss:// with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert; needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -168,7 +176,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads a PEM file, naming it in the error.
+fn read_pem(path: &std::path::Path, what: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot read {what} {}: {e}", path.display()),
+        )
+    })
+}
+
 fn serve(args: ServeArgs) -> std::io::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert_chain_pem: read_pem(cert, "--tls-cert")?,
+            key_pem: read_pem(key, "--tls-key")?,
+        }),
+        // clap's `requires` makes the two flags come together.
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -197,6 +223,7 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
         stall_after_audio_ms: args.stall_after_audio_ms,
         reject_connects: args.reject_connects,
         time_scale: args.time_scale,
+        tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,6 +11,9 @@
 //! error strings; non-final then final tokens, `<fin>`, `<end>`, `finished`;
 //! idle and start timeouts; and injected faults (abrupt drops, error frames,
 //! half-open stalls, rejected connects, concurrency limits).
+//! With a [`TlsIdentity`] in [`EmulatorConfig::tls`] it serves `wss://`
+//! instead, so clients' TLS paths (custom CA files, name checks) can be
+//! tested too.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -36,4 +39,5 @@ mod tests;
 
 pub use server::{
     AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, SessionRecord,
+    TlsIdentity,
 };

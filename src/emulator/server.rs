@@ -2,10 +2,16 @@
 //! loop and the per-connection records that tests inspect.
 //!
 //! This module owns the server's public face ([`Emulator`],
-//! [`EmulatorConfig`], [`Faults`], [`SessionRecord`]) and the state shared by
-//! all connections. Each connection runs in its own tokio task (see the
-//! `session` module); the audio path touches only that session's own record
-//! slot and a few atomics, never a lock shared between sessions.
+//! [`EmulatorConfig`], [`TlsIdentity`], [`Faults`], [`SessionRecord`]) and
+//! the state shared by all connections. Each connection runs in its own tokio
+//! task (see the `session` module); the audio path touches only that
+//! session's own record slot and a few atomics, never a lock shared between
+//! sessions.
+//!
+//! With [`EmulatorConfig::tls`] set, every connection first completes a TLS
+//! handshake (rustls with the `ring` provider) and the emulator serves
+//! `wss://`; without it the connection handler works on the bare TCP stream
+//! (it is generic over the stream type, so the plain path pays nothing).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,6 +22,8 @@ use std::time::Duration;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,8 +70,8 @@ pub struct EmulatorConfig {
     /// as 1 ms of audio in `total_audio_proc_ms`. Default 16.0 (~128 kbit/s).
     pub container_bytes_per_ms: f64,
     /// Fault: once a session has received this many ms of audio, close its
-    /// TCP connection abruptly (no close frame; the client sees 1006).
-    /// Default `None`. Changeable at run time with [`Emulator::set_faults`].
+    /// TCP connection abruptly (no close frame, and over TLS no
+    /// `close_notify`; the client sees 1006). Default `None`. Changeable at run time with [`Emulator::set_faults`].
     pub drop_after_audio_ms: Option<u64>,
     /// Fault: once a session has received `.0` ms of audio, send the error
     /// frame of code `.1` with a real message for that code, then close:
@@ -91,6 +99,73 @@ pub struct EmulatorConfig {
     /// time (finalization, endpoints, fault thresholds) is measured in audio
     /// ms and is not affected. Must be positive. Default 1.0.
     pub time_scale: f64,
+    /// Serve `wss://` with this certificate and key: every connection
+    /// completes a TLS handshake (within `start_timeout`, together with the
+    /// WebSocket upgrade) before anything else, and [`Emulator::url`] gives a
+    /// `wss://localhost:PORT/…` URL. Default `None`: plain `ws://`.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A TLS server identity in PEM, for [`EmulatorConfig::tls`].
+///
+/// `Debug` shows the certificate chain's length but never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// The server's certificate followed by any intermediates, as PEM
+    /// `CERTIFICATE` blocks (leaf first).
+    pub cert_chain_pem: String,
+    /// The certificate's private key as one PEM block (PKCS#8, PKCS#1 or
+    /// SEC1).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field(
+                "cert_chain_pem",
+                &format_args!("<{} bytes>", self.cert_chain_pem.len()),
+            )
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+impl TlsIdentity {
+    /// Builds the TLS acceptor: rustls with the `ring` provider, its safe
+    /// default protocol versions (TLS 1.2 and 1.3) and no client auth.
+    ///
+    /// # Errors
+    /// `InvalidInput` with a message naming the problem if the PEM holds no
+    /// certificate or no key, cannot be parsed, or the key does not fit the
+    /// certificate.
+    pub(crate) fn acceptor(&self) -> std::io::Result<TlsAcceptor> {
+        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+        let certs = rustls_pemfile::certs(&mut self.cert_chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("TLS certificate chain: invalid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "TLS certificate chain: no PEM CERTIFICATE block found".to_owned(),
+            ));
+        }
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|e| invalid(format!("TLS private key: invalid PEM: {e}")))?
+            .ok_or_else(|| {
+                invalid(
+                    "TLS private key: no PEM PRIVATE KEY block (PKCS#8, RSA or EC) found"
+                        .to_owned(),
+                )
+            })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(format!("TLS configuration: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(format!("TLS certificate or key rejected: {e}")))?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -112,6 +187,7 @@ impl Default for EmulatorConfig {
             stall_after_audio_ms: None,
             reject_connects: Vec::new(),
             time_scale: 1.0,
+            tls: None,
         }
     }
 }
@@ -372,10 +448,13 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Binds `config.listen` and starts serving.
+    /// Binds `config.listen` and starts serving (`wss://` if
+    /// `config.tls` is set).
     ///
     /// # Errors
-    /// If binding fails, or `config.time_scale` is not positive and finite.
+    /// If binding fails, `config.time_scale` is not positive and finite, or
+    /// `config.tls` is set but its PEM is invalid (`InvalidInput`, with a
+    /// message saying what is wrong).
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
         if !(config.time_scale.is_finite() && config.time_scale > 0.0) {
             return Err(std::io::Error::new(
@@ -383,6 +462,7 @@ impl Emulator {
                 "time_scale must be positive",
             ));
         }
+        let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let socket = if config.listen.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -409,13 +489,15 @@ impl Emulator {
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let tls_on = tls.is_some();
         let accept = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&shared),
+            tls,
             cancel.clone(),
             tracker.clone(),
         ));
-        tracing::info!(%addr, "soniox emulator listening");
+        tracing::info!(%addr, tls = tls_on, "soniox emulator listening");
         Ok(Emulator {
             addr,
             shared,
@@ -430,11 +512,23 @@ impl Emulator {
         self.addr
     }
 
-    /// The WebSocket URL to give clients:
-    /// `ws://HOST:PORT/transcribe-websocket` (any path is accepted). An
-    /// unspecified listen address (`0.0.0.0`, `::`) is given as loopback.
+    /// The WebSocket URL to give clients (any path is accepted).
+    ///
+    /// Plain: `ws://HOST:PORT/transcribe-websocket`, where an unspecified
+    /// listen address (`0.0.0.0`, `::`) is given as loopback. With
+    /// [`EmulatorConfig::tls`]: `wss://localhost:PORT/transcribe-websocket`
+    /// for a loopback or unspecified listen address — a host name, so the
+    /// client checks the certificate against `localhost` — and
+    /// `wss://IP:PORT/…` for any other address.
     pub fn url(&self) -> String {
         let mut addr = self.addr;
+        if self.shared.config.tls.is_some() {
+            let ip = addr.ip();
+            if ip.is_loopback() || ip.is_unspecified() {
+                return format!("wss://localhost:{}/transcribe-websocket", addr.port());
+            }
+            return format!("wss://{addr}/transcribe-websocket");
+        }
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() {
                 Ipv4Addr::LOCALHOST.into()
@@ -541,10 +635,13 @@ impl Drop for Emulator {
     }
 }
 
-/// Accepts connections until cancelled, one task each.
+/// Accepts connections until cancelled, one task each. With `tls`, each
+/// task starts with the TLS handshake, so a slow or failing handshake holds
+/// up only its own connection.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -562,6 +659,7 @@ async fn accept_loop(
                 tracker.spawn(session::run(
                     Arc::clone(&shared),
                     stream,
+                    tls.clone(),
                     slot,
                     cancel.child_token(),
                 ));

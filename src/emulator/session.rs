@@ -2,6 +2,8 @@
 //! from the upgrade to the close (§3 of the protocol notes).
 //!
 //! The task owns its connection, its [`Recognizer`] and its record slot.
+//! With TLS on, it first completes the TLS handshake; everything after that
+//! is generic over the stream type, so plain connections carry no TLS cost.
 //! Per audio frame it takes only its own, uncontended record lock and reads
 //! one atomic (the fault generation); shared locks are taken when a session
 //! starts or the fault knobs change.
@@ -12,9 +14,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -28,17 +31,23 @@ use super::protocol::{self, ApiError};
 use super::recognizer::{Emitted, Recognizer, RecognizerSettings};
 use super::server::{AudioFaults, AuthMethod, Outcome, SessionRecord, Shared, lock};
 
-type Ws = WebSocketStream<TcpStream>;
+/// What a connection's byte stream must be: a bare TCP stream or a TLS
+/// stream over one.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn for S {}
 
 /// The subprotocol name that announces a key in the next subprotocol.
 const KEY_SUBPROTOCOL: &str = "soniox-api-key";
 /// How long to wait for the client's close reply after our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves one connection; returns when it is closed.
+/// Serves one connection, first completing the TLS handshake if `tls` is
+/// set; returns when the connection is closed.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     slot: Arc<Mutex<SessionRecord>>,
     cancel: CancellationToken,
 ) {
@@ -52,7 +61,20 @@ pub(crate) async fn run(
         faults_gen,
         faults,
     };
-    session.serve(stream, cancel).await;
+    // The TLS handshake and the upgrade together count against the start
+    // timeout.
+    let deadline = Instant::now() + session.scaled(session.shared.config.start_timeout);
+    match tls {
+        None => session.serve(stream, deadline, cancel).await,
+        Some(acceptor) => {
+            if let Some(tls) = session
+                .tls_handshake(&acceptor, stream, deadline, &cancel)
+                .await
+            {
+                session.serve(tls, deadline, cancel).await;
+            }
+        }
+    }
 }
 
 /// Which timer is due next.
@@ -64,8 +86,8 @@ enum Timer {
 }
 
 /// The connection and the futures the event loop selects on.
-struct Io {
-    ws: Ws,
+struct Io<S> {
+    ws: WebSocketStream<S>,
     /// Re-armed lazily: the deadline moves with activity, but the timer is
     /// only reset when it fires early, not on every frame.
     sleep: Pin<Box<Sleep>>,
@@ -80,7 +102,7 @@ enum Event {
     Cancelled,
 }
 
-impl Io {
+impl<S: Conn> Io<S> {
     async fn next(&mut self) -> Event {
         tokio::select! {
             biased;
@@ -175,17 +197,47 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream, cancel: CancellationToken) {
+    /// The server side of the TLS handshake, bounded by `deadline` and
+    /// `cancel`. On failure (logged at debug: a client that does not trust
+    /// the certificate is expected in tests) the outcome is recorded and
+    /// `None` returned; other connections are not affected.
+    async fn tls_handshake(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        stream: TcpStream,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let peer = stream.peer_addr().ok();
+        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+        let result = tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = handshake => Some(r),
+        };
+        match result {
+            Some(Ok(Ok(tls))) => return Some(tls),
+            Some(Ok(Err(e))) => {
+                tracing::debug!(request_id = %self.request_id, ?peer, error = %e, "TLS handshake failed");
+            }
+            Some(Err(_)) => {
+                tracing::debug!(request_id = %self.request_id, ?peer, "TLS handshake timed out");
+            }
+            None => {}
+        }
+        self.set_outcome(Outcome::ClientClosed);
+        None
+    }
+
+    async fn serve<S: Conn>(&mut self, stream: S, deadline: Instant, cancel: CancellationToken) {
         let mut conn_key: Option<(AuthMethod, String)> = None;
         // The signature is tungstenite's `Callback`; we never return `Err`.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             Ok(inspect_upgrade(req, resp, &mut conn_key))
         };
-        let start_timeout = self.scaled(self.shared.config.start_timeout);
         // The upgrade itself counts against the start timeout.
-        let upgrade = tokio::time::timeout(
-            start_timeout,
+        let upgrade = tokio::time::timeout_at(
+            deadline,
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
         );
         let handshake = tokio::select! {
@@ -323,7 +375,12 @@ impl Session {
     }
 
     /// The streaming phase: audio, control messages and timers.
-    async fn stream(&mut self, io: &mut Io, clock: &mut Clock, mut rec: Recognizer) -> Stop {
+    async fn stream<S: Conn>(
+        &mut self,
+        io: &mut Io<S>,
+        clock: &mut Clock,
+        mut rec: Recognizer,
+    ) -> Stop {
         loop {
             let msg = match io.next().await {
                 Event::Msg(m) => m,
@@ -377,9 +434,9 @@ impl Session {
     }
 
     /// Handles one audio frame. `Err` ends the streaming phase.
-    async fn audio(
+    async fn audio<S: Conn>(
         &mut self,
-        io: &mut Io,
+        io: &mut Io<S>,
         clock: &mut Clock,
         rec: &mut Recognizer,
         data: &[u8],
@@ -424,9 +481,9 @@ impl Session {
     }
 
     /// Handles a non-empty text frame after the start request.
-    async fn control(
+    async fn control<S: Conn>(
         &mut self,
-        io: &mut Io,
+        io: &mut Io<S>,
         clock: &mut Clock,
         rec: &mut Recognizer,
         text: &str,
@@ -465,7 +522,7 @@ impl Session {
     }
 
     /// End of audio: the last finals, `finished`, close 1000.
-    async fn finish(&mut self, io: &mut Io, rec: &mut Recognizer) {
+    async fn finish<S: Conn>(&mut self, io: &mut Io<S>, rec: &mut Recognizer) {
         let messages = rec.finish();
         self.record(rec.take_emitted());
         lock(&self.slot).ended_audio = true;
@@ -493,7 +550,7 @@ impl Session {
     }
 
     /// Sends a response; a failed send means the client is gone.
-    async fn send(&mut self, io: &mut Io, json: String) -> Result<(), Stop> {
+    async fn send<S: Conn>(&mut self, io: &mut Io<S>, json: String) -> Result<(), Stop> {
         if io.ws.send(Message::text(json)).await.is_err() {
             self.set_outcome(Outcome::ClientClosed);
             return Err(Stop::Done);
@@ -502,7 +559,7 @@ impl Session {
     }
 
     /// Sends an error frame and closes (close code 1000).
-    async fn fail(&mut self, io: &mut Io, e: ApiError) {
+    async fn fail<S: Conn>(&mut self, io: &mut Io<S>, e: ApiError) {
         tracing::debug!(request_id = %self.request_id, code = e.code, message = %e.message, "session error");
         self.release_stream();
         self.set_outcome(Outcome::Error(e.code));
@@ -517,13 +574,13 @@ impl Session {
     }
 
     /// The client sent a close frame: let tungstenite flush its reply.
-    async fn client_closed(&mut self, io: &mut Io) {
+    async fn client_closed<S: Conn>(&mut self, io: &mut Io<S>) {
         self.set_outcome(Outcome::ClientClosed);
         drain(io).await;
     }
 
     /// The emulator is shutting down: close with 1001.
-    async fn shut_down(&mut self, io: &mut Io) {
+    async fn shut_down<S: Conn>(&mut self, io: &mut Io<S>) {
         self.set_outcome(Outcome::Shutdown);
         let frame = CloseFrame {
             code: CloseCode::Away,
@@ -589,7 +646,7 @@ fn is_keepalive(text: &str) -> bool {
 
 /// Sends close 1000 and waits (bounded) for the client's reply, so the TCP
 /// connection ends cleanly rather than with a reset.
-async fn close_gracefully(io: &mut Io) {
+async fn close_gracefully<S: Conn>(io: &mut Io<S>) {
     let frame = CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),
@@ -600,7 +657,7 @@ async fn close_gracefully(io: &mut Io) {
 }
 
 /// Reads until the connection ends, for at most [`CLOSE_GRACE`].
-async fn drain(io: &mut Io) {
+async fn drain<S: Conn>(io: &mut Io<S>) {
     let read_all = async { while let Some(Ok(_)) = io.ws.next().await {} };
     tokio::select! {
         _ = &mut io.cancelled => {}
@@ -611,7 +668,7 @@ async fn drain(io: &mut Io) {
 /// Half-open: never answer again. The raw socket is still read (and the
 /// bytes discarded) only to notice when the client gives up, so the task
 /// and its file descriptor do not outlive the client.
-async fn stall(mut io: Io) {
+async fn stall<S: Conn>(mut io: Io<S>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {

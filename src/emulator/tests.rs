@@ -15,7 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::marker::{self, Word};
 use super::protocol::{MSG_CANNOT_CONTINUE, MSG_MISSING_FORMAT};
-use super::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome};
+use super::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome, TlsIdentity};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -1012,5 +1012,270 @@ async fn many_concurrent_sessions() {
             .iter()
             .all(|r| r.outcome == Outcome::Finished)
     );
+    emu.shutdown().await;
+}
+
+// ---- wss:// ----
+
+/// A fresh CA (PEM) and a server identity it signed for `localhost` and
+/// `127.0.0.1`; the same as `tests/util/tls.rs`, which the library cannot
+/// use (rcgen is a dev-dependency).
+fn test_identity() -> (String, TlsIdentity) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sttpipe test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf_params.is_ca = IsCa::ExplicitNoCa;
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    (
+        ca.pem(),
+        TlsIdentity {
+            cert_chain_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        },
+    )
+}
+
+/// An emulator serving wss:// with a fresh identity; returns it and the PEM
+/// of the CA that signed its certificate.
+async fn tls_emulator(config: EmulatorConfig) -> (Emulator, String) {
+    let (ca_pem, identity) = test_identity();
+    let emu = emulator(EmulatorConfig {
+        tls: Some(identity),
+        ..config
+    })
+    .await;
+    (emu, ca_pem)
+}
+
+/// A rustls client (ring provider) that trusts only the CA in `ca_pem`.
+fn trusting(ca_pem: &str) -> tokio_tungstenite::Connector {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config))
+}
+
+/// Connects to `url` over TLS trusting `ca_pem`, with the key in a header.
+async fn connect_tls(
+    url: &str,
+    ca_pem: &str,
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert(AUTHORIZATION, "Bearer test-key".parse().unwrap());
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(trusting(ca_pem)));
+    timeout(WAIT, connect).await.unwrap().map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn tls_full_session_over_wss() {
+    let (emu, ca_pem) = tls_emulator(EmulatorConfig::default()).await;
+    let port = emu.local_addr().port();
+    assert_eq!(
+        emu.url(),
+        format!("wss://localhost:{port}/transcribe-websocket")
+    );
+    let words = marker::script(3, 500, 200);
+    let expected: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
+    // By the host name of the URL, then by the IP address (an IP SAN).
+    let ip_url = format!("wss://127.0.0.1:{port}/transcribe-websocket");
+    for url in [emu.url(), ip_url] {
+        let mut ws = connect_tls(&url, &ca_pem).await.unwrap();
+        assert!(matches!(ws.get_ref(), MaybeTlsStream::Rustls(_)));
+        send_text(&mut ws, start_request(json!({}))).await;
+        let msgs = transcribe(&mut ws, &words, 3000).await;
+        assert_eq!(final_texts(&msgs), expected);
+    }
+    let s = emu.sessions();
+    assert_eq!(s.len(), 2);
+    for r in &s {
+        assert_eq!(r.auth, AuthMethod::Header);
+        assert_eq!(r.outcome, Outcome::Finished);
+        assert_eq!(r.words_sent_final, expected);
+        assert_eq!(r.audio_ms, 3000);
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_untrusted_client_fails_while_others_are_served() {
+    let (emu, ca_pem) = tls_emulator(EmulatorConfig::default()).await;
+    let words = marker::script(4, 500, 200);
+    let audio = marker::encode(&words, 4000, 16_000, 1);
+    let (first_half, second_half) = audio.split_at(audio.len() / 2 / CHUNK * CHUNK);
+
+    // A session in mid-stream while the bad handshakes happen.
+    let mut live = connect_tls(&emu.url(), &ca_pem).await.unwrap();
+    send_text(&mut live, start_request(json!({}))).await;
+    send_audio(&mut live, first_half).await;
+
+    // A client trusting another CA refuses the certificate.
+    let (other_ca, _) = test_identity();
+    let err = connect_tls(&emu.url(), &other_ca)
+        .await
+        .expect_err("an untrusted certificate must fail the handshake");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // A plain ws:// client gets no WebSocket from a TLS port either.
+    let plain = format!(
+        "ws://127.0.0.1:{}/transcribe-websocket",
+        emu.local_addr().port()
+    );
+    assert!(
+        timeout(WAIT, tokio_tungstenite::connect_async(plain))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    // Both failed connections end on the server side, recorded as closed
+    // by the client, without a start request.
+    timeout(WAIT, emu.wait_until(|c| c.connected == 3 && c.ended == 2))
+        .await
+        .unwrap();
+    for i in [1, 2] {
+        let r = emu.session(i).unwrap();
+        assert_eq!(r.outcome, Outcome::ClientClosed);
+        assert_eq!(r.start_request, None);
+    }
+
+    // The live session carries on, and new trusted clients are served.
+    send_audio(&mut live, second_half).await;
+    send_text(&mut live, "").await;
+    let (msgs, close) = recv_all(&mut live).await;
+    assert_eq!(msgs.last().unwrap()["finished"], true);
+    assert_eq!(close.unwrap().code, CloseCode::Normal);
+    let expected: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
+    assert_eq!(final_texts(&msgs), expected);
+
+    let mut ws = connect_tls(&emu.url(), &ca_pem).await.unwrap();
+    send_text(&mut ws, start_request(json!({}))).await;
+    let msgs = transcribe(&mut ws, &words, 4000).await;
+    assert_eq!(final_texts(&msgs), expected);
+    let outcomes: Vec<_> = emu.sessions().iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Finished,
+            Outcome::ClientClosed,
+            Outcome::ClientClosed,
+            Outcome::Finished
+        ]
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_silent_client_is_cut_at_start_timeout() {
+    let (emu, _) = tls_emulator(EmulatorConfig {
+        start_timeout: Duration::from_secs(10),
+        time_scale: 100.0,
+        ..Default::default()
+    })
+    .await;
+    // TCP only: no ClientHello ever comes.
+    let mut tcp = TcpStream::connect(emu.local_addr()).await.unwrap();
+    timeout(WAIT, emu.wait_until(|c| c.connected == 1 && c.open == 0))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = timeout(WAIT, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the server sends nothing before the ClientHello");
+    assert_eq!(emu.session(0).unwrap().outcome, Outcome::ClientClosed);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_invalid_pem_fails_start() {
+    let (_, good) = test_identity();
+    let (_, other) = test_identity();
+    let cases = [
+        (
+            TlsIdentity {
+                cert_chain_pem: "not a certificate".to_owned(),
+                ..good.clone()
+            },
+            "no PEM CERTIFICATE block",
+        ),
+        (
+            TlsIdentity {
+                key_pem: String::new(),
+                ..good.clone()
+            },
+            "no PEM PRIVATE KEY block",
+        ),
+        (
+            TlsIdentity {
+                // A key block that is not base64.
+                key_pem: "-----BEGIN PRIVATE KEY-----\n@@@@\n-----END PRIVATE KEY-----\n"
+                    .to_owned(),
+                ..good.clone()
+            },
+            "TLS private key: invalid PEM",
+        ),
+        (
+            TlsIdentity {
+                key_pem: other.key_pem.clone(),
+                ..good.clone()
+            },
+            "TLS certificate or key rejected",
+        ),
+    ];
+    for (identity, message) in cases {
+        let err = Emulator::start(EmulatorConfig {
+            tls: Some(identity),
+            ..Default::default()
+        })
+        .await
+        .expect_err(message);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
+#[test]
+fn tls_identity_debug_hides_the_key() {
+    let (_, identity) = test_identity();
+    let shown = format!("{identity:?}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+}
+
+#[tokio::test]
+async fn plain_url_stays_ws() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    assert!(emu.url().starts_with("ws://127.0.0.1:"), "{}", emu.url());
     emu.shutdown().await;
 }

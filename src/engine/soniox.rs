@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -25,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
 use crate::audio::AudioFormat;
-use crate::config::{RecognitionOptions, ServiceConfig, Translation};
+use crate::config::{RecognitionOptions, ServiceConfig, Timing, Translation};
 use crate::error::{Error, Result};
 use crate::event::Token;
 
@@ -34,6 +35,11 @@ use crate::event::Token;
 pub const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
 /// Bound on TCP + TLS + WebSocket handshake (the Python SDK uses 10 s).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A WebSocket ping this often: it draws an answer even when no audio
+/// flows, so a dead connection shows within [`HALF_OPEN_AFTER`].
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+/// A service that owes an answer and stays silent this long is gone.
+pub const HALF_OPEN_AFTER: Duration = Duration::from_secs(10);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -73,7 +79,8 @@ impl SonioxEngine {
             .map_err(|e| Error::Disconnected(format!("sending the start request: {e}")))?;
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(run_connection(socket, commands_rx, events_tx));
+        let timers = Timers::new(self.service.timing);
+        tokio::spawn(run_connection(socket, commands_rx, events_tx, timers));
         Ok(EngineLink {
             commands: commands_tx,
             events: events_rx,
@@ -100,9 +107,10 @@ impl SonioxEngine {
         let connector = Connector::Rustls(self.tls.clone());
         let handshake =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
-        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        let bound = self.service.timing.wall(CONNECT_TIMEOUT);
+        match tokio::time::timeout(bound, handshake).await {
             Err(_) => Err(connect_error(
-                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                format!("no answer within {:.1} s", bound.as_secs_f64()),
                 true,
             )),
             Ok(Err(e)) => Err(classify_connect_error(url, e)),
@@ -257,8 +265,9 @@ async fn run_connection(
     mut socket: Socket,
     mut commands: mpsc::Receiver<EngineCommand>,
     events: mpsc::Sender<EngineEvent>,
+    timers: Timers,
 ) {
-    let ending = match drive(&mut socket, &mut commands, &events).await {
+    let ending = match drive(&mut socket, &mut commands, &events, timers).await {
         Ok(ending) => ending,
         Err(err) => {
             // The receiver may be gone already; nothing else to tell.
@@ -275,83 +284,146 @@ async fn run_connection(
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
 }
 
+/// The connection's timers, already scaled to wall time.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    keepalive_after: Duration,
+    ping_every: Duration,
+    half_open_after: Duration,
+}
+
+impl Timers {
+    fn new(timing: Timing) -> Timers {
+        Timers {
+            keepalive_after: timing.wall(KEEPALIVE_AFTER),
+            ping_every: timing.wall(PING_EVERY),
+            half_open_after: timing.wall(HALF_OPEN_AFTER),
+        }
+    }
+}
+
 async fn drive(
     socket: &mut Socket,
     commands: &mut mpsc::Receiver<EngineCommand>,
     events: &mpsc::Sender<EngineEvent>,
+    timers: Timers,
 ) -> Result<Ending> {
     let mut audio_ended = false;
-    let mut keepalive_at = Instant::now() + KEEPALIVE_AFTER;
+    let mut keepalive_at = Instant::now() + timers.keepalive_after;
+    let mut ping_at = Instant::now() + timers.ping_every;
+    // Since when we have been owed an answer: set by sending audio, a ping
+    // or the end of audio; cleared by any frame from the service. A service
+    // silent for `half_open_after` while owing one is gone (half-open TCP).
+    let mut owed_since: Option<Instant> = None;
     loop {
-        tokio::select! {
+        let stalled_at = owed_since.map(|t| t + timers.half_open_after);
+        let message = tokio::select! {
             // Commands stop after end of audio: only the answer is awaited then.
-            command = commands.recv(), if !audio_ended => {
-                let message = match command {
-                    Some(EngineCommand::Audio(bytes)) => {
-                        keepalive_at = Instant::now() + KEEPALIVE_AFTER;
-                        Message::Binary(bytes)
-                    }
-                    Some(EngineCommand::Finalize) => Message::text(r#"{"type":"finalize"}"#),
-                    Some(EngineCommand::EndOfAudio) => {
-                        audio_ended = true;
-                        Message::text("")
-                    }
-                    None => return Ok(Ending::Abandoned),
-                };
-                socket.send(message).await.map_err(send_error)?;
-            }
+            command = commands.recv(), if !audio_ended => match command {
+                Some(EngineCommand::Audio(bytes)) => {
+                    keepalive_at = Instant::now() + timers.keepalive_after;
+                    Message::Binary(bytes)
+                }
+                Some(EngineCommand::Finalize) => Message::text(r#"{"type":"finalize"}"#),
+                Some(EngineCommand::EndOfAudio) => {
+                    audio_ended = true;
+                    Message::text("")
+                }
+                None => return Ok(Ending::Abandoned),
+            },
             // Keepalive only while audio may still come.
             () = sleep_until(keepalive_at), if !audio_ended => {
-                keepalive_at = Instant::now() + KEEPALIVE_AFTER;
-                socket
-                    .send(Message::text(r#"{"type":"keepalive"}"#))
-                    .await
-                    .map_err(send_error)?;
+                keepalive_at = Instant::now() + timers.keepalive_after;
+                Message::text(r#"{"type":"keepalive"}"#)
             }
+            // A ping asks for an answer even when no audio flows.
+            () = sleep_until(ping_at) => {
+                ping_at = Instant::now() + timers.ping_every;
+                Message::Ping(Bytes::new())
+            }
+            () = sleep_until_or_never(stalled_at) => return Err(stalled(timers)),
             incoming = socket.next() => {
-                let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(frame))) => {
-                        let why = frame.map(|f| format!("code {} {}", f.code, f.reason)).unwrap_or_default();
-                        return Err(Error::Disconnected(format!(
-                            "the service closed the connection before finishing {why}"
-                        ).trim_end().to_owned()));
+                owed_since = None;
+                if let Some(event) = receive(incoming)? {
+                    let finished = matches!(event, EngineEvent::Finished(_));
+                    if events.send(event).await.is_err() {
+                        return Ok(Ending::Abandoned);
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(Error::Disconnected(e.to_string())),
-                    None => {
-                        return Err(Error::Disconnected(
-                            "the connection closed before the session finished".into(),
-                        ))
+                    if finished {
+                        if !audio_ended {
+                            warn!("the service finished before the end of audio");
+                        }
+                        return Ok(Ending::Finished);
                     }
-                };
-                let message: ServerMessage = serde_json::from_str(&text)
-                    .map_err(|e| Error::Protocol(format!("unreadable message from the service: {e}")))?;
-                if message.error_code.is_some() || message.error_message.is_some() {
-                    return Err(Error::Service {
-                        code: message.error_code.unwrap_or(0),
-                        error_type: message.error_type,
-                        message: message.error_message.unwrap_or_default(),
-                    });
                 }
-                let finished = message.finished;
-                let update = Update {
-                    tokens: message.tokens,
-                    final_audio_proc_ms: message.final_audio_proc_ms,
-                    total_audio_proc_ms: message.total_audio_proc_ms,
-                };
-                let event = if finished { EngineEvent::Finished(update) } else { EngineEvent::Update(update) };
-                if events.send(event).await.is_err() {
-                    return Ok(Ending::Abandoned);
-                }
-                if finished {
-                    if !audio_ended {
-                        warn!("the service finished before the end of audio");
-                    }
-                    return Ok(Ending::Finished);
-                }
+                continue;
             }
+        };
+        let now = Instant::now();
+        owed_since.get_or_insert(now);
+        // A peer that stopped reading blocks the send once the TCP buffers
+        // fill: bound it by the same rule.
+        let deadline = owed_since.map_or(now, |t| t + timers.half_open_after);
+        match tokio::time::timeout_at(deadline, socket.send(message)).await {
+            Ok(sent) => sent.map_err(send_error)?,
+            Err(_) => return Err(stalled(timers)),
         }
+    }
+}
+
+fn stalled(timers: Timers) -> Error {
+    Error::Stalled(format!(
+        "no answer from the service for {:.1} s (a half-open connection)",
+        timers.half_open_after.as_secs_f64()
+    ))
+}
+
+/// Turns one incoming frame into an engine event (`None` for frames that
+/// carry none, such as pongs).
+fn receive(incoming: Option<Result<Message, tungstenite::Error>>) -> Result<Option<EngineEvent>> {
+    let text = match incoming {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(Message::Close(frame))) => {
+            let why = frame
+                .map(|f| format!(" (code {} {})", f.code, f.reason))
+                .unwrap_or_default();
+            return Err(Error::Disconnected(format!(
+                "the service closed the connection before finishing{why}"
+            )));
+        }
+        Some(Ok(_)) => return Ok(None),
+        Some(Err(e)) => return Err(Error::Disconnected(e.to_string())),
+        None => {
+            return Err(Error::Disconnected(
+                "the connection closed before the session finished".into(),
+            ));
+        }
+    };
+    let message: ServerMessage = serde_json::from_str(&text)
+        .map_err(|e| Error::Protocol(format!("unreadable message from the service: {e}")))?;
+    if message.error_code.is_some() || message.error_message.is_some() {
+        return Err(Error::Service {
+            code: message.error_code.unwrap_or(0),
+            error_type: message.error_type,
+            message: message.error_message.unwrap_or_default(),
+        });
+    }
+    let update = Update {
+        tokens: message.tokens,
+        final_audio_proc_ms: message.final_audio_proc_ms,
+        total_audio_proc_ms: message.total_audio_proc_ms,
+    };
+    Ok(Some(if message.finished {
+        EngineEvent::Finished(update)
+    } else {
+        EngineEvent::Update(update)
+    }))
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
