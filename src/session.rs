@@ -345,7 +345,9 @@ impl<'a> Session<'a> {
                 opened = join_connecting(&mut self.connecting) => self.on_connected(opened).await?,
                 () = sleep_until_or_never(self.retry_at) => {
                     self.retry_at = None;
-                    self.start_connecting(Purpose::Recover);
+                    if self.upstream.is_none() {
+                        self.start_connecting(Purpose::Recover);
+                    }
                 }
                 permit = reserve_command(command_tx), if self.has_command_ready() => {
                     if let Some(permit) = permit {
@@ -522,6 +524,8 @@ impl<'a> Session<'a> {
         };
         self.reached = true;
         self.rotation_not_before = None;
+        // A rotation that completed during an outage ends the wait too.
+        self.retry_at = None;
         // The replay starts where the finals end; what the buffer no longer
         // holds of it is lost, and said so.
         if self.covered < self.buffer.start() {

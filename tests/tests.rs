@@ -13,5 +13,7 @@ mod filter;
 mod input;
 // Signals and a closed stdout.
 mod signals;
+// Faults: reconnect and replay, rotation, half-open, overflow, slow consumer.
+mod reliability;
 // TLS with a private CA, and certificate errors.
 mod tls;
