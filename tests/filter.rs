@@ -253,36 +253,6 @@ async fn bad_flags_exit_64() {
     assert!(out.stdout.contains("--follow"));
 }
 
-/// The service cannot be reached: retried within --retry-budget, then
-/// exit 69 (never reached), one line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_service_exits_69_after_the_retry_budget() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("ws://127.0.0.1:{port}/transcribe-websocket");
-    let mut command = util::sttpipe(Some(&url), Some(KEY));
-    command.args(["--retry-budget", "2"]);
-    let out = util::run(command, util::marker_audio(1, 400, 800).1).await;
-    assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
-    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.starts_with(
-            "sttpipe: gave up after 2 s of failed reconnects: cannot reach ws://127.0.0.1:"
-        ),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.elapsed >= Duration::from_millis(1_500),
-        "no retries: {:?}",
-        out.elapsed
-    );
-}
-
 /// Fatal service errors end the stream at once with their exit statuses;
 /// temporary ones are retried until the budget is spent (then 75).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,9 +101,16 @@ async fn sigterm_mid_stream_drains_the_finals() {
     assert!(emulator.sessions()[0].ended_audio);
 }
 
-/// A second SIGINT while draining exits at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_sigint_exits_at_once() {
+/// A stream whose service stalls (stops reading and answering) after
+/// 2.5 s of audio, taken to the point where it has stalled: a drain then
+/// cannot finish.
+struct Stalled {
+    emulator: sttpipe::emulator::Emulator,
+    child: tokio::process::Child,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+async fn stream_into_a_stall(args: &[&str]) -> Stalled {
     let emulator = util::emulator(EmulatorConfig {
         stall_after_audio_ms: Some(2_500),
         ..EmulatorConfig::default()
@@ -111,26 +118,43 @@ async fn second_sigint_exits_at_once() {
     .await;
     let (_, audio) = util::marker_audio(20, 400, 10_000);
     let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
-    command.args(["--drain-timeout", "30", "-v"]);
+    command.args(args);
     let mut child = util::spawn(command);
     let mut stdin = child.stdin.take().unwrap();
     let feeder = tokio::spawn(async move {
         let _ = stdin.write_all(&audio).await;
     });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut events = Vec::new();
     read_events_until(&mut lines, &mut events, Duration::from_secs(20), |e| {
         util::final_words(e).len() >= 2
     })
     .await;
-    // The service is stalled before the stop: the drain cannot finish.
     util::wait_for(Duration::from_secs(10), "the emulator stalls", || {
         emulator
             .session(0)
             .is_some_and(|s| s.outcome == Outcome::Stalled)
     })
     .await;
+    // Keep reading stdout so the filter never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Stalled {
+        emulator,
+        child,
+        feeder,
+    }
+}
+
+/// A second SIGINT while draining exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigint_exits_at_once() {
+    let Stalled {
+        emulator: _emulator,
+        mut child,
+        feeder,
+        ..
+    } = stream_into_a_stall(&["--drain-timeout", "30", "-v"]).await;
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     signal(&child, Signal::SIGINT);
     // The first SIGINT has been taken when the filter says it is draining.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -157,32 +181,12 @@ async fn second_sigint_exits_at_once() {
 /// A stalled drain is bounded by --drain-timeout, then the filter dies by SIGINT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_is_bounded() {
-    let emulator = util::emulator(EmulatorConfig {
-        stall_after_audio_ms: Some(2_500),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let (_, audio) = util::marker_audio(20, 400, 10_000);
-    let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
-    command.args(["--drain-timeout", "1"]);
-    let mut child = util::spawn(command);
-    let mut stdin = child.stdin.take().unwrap();
-    let feeder = tokio::spawn(async move {
-        let _ = stdin.write_all(&audio).await;
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut events = Vec::new();
-    read_events_until(&mut lines, &mut events, Duration::from_secs(20), |e| {
-        util::final_words(e).len() >= 2
-    })
-    .await;
-    // The service is stalled before the stop: the drain cannot finish.
-    util::wait_for(Duration::from_secs(10), "the emulator stalls", || {
-        emulator
-            .session(0)
-            .is_some_and(|s| s.outcome == Outcome::Stalled)
-    })
-    .await;
+    let Stalled {
+        emulator: _emulator,
+        mut child,
+        feeder,
+        ..
+    } = stream_into_a_stall(&["--drain-timeout", "1"]).await;
     signal(&child, Signal::SIGINT);
     let sent = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
