@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
 ///
@@ -20,8 +20,27 @@ use clap::{Parser, ValueEnum};
 /// $CREDENTIALS_DIRECTORY/soniox-api-key; never from the command line.
 /// See sttpipe(1) for the output schema and exit statuses.
 #[derive(Debug, Parser)]
-#[command(name = "sttpipe", version, max_term_width = 100)]
+#[command(
+    name = "sttpipe",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Opts {
+    /// Run as a daemon, or ask one for its status (without: the filter).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Stream through the sttpipe daemon listening at SOCKET instead of to
+    /// Soniox directly: same flags, same output, no API key needed here.
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        env = "STTPIPE_SOCKET",
+        help_heading = "Service"
+    )]
+    pub connect: Option<PathBuf>,
+
     /// Read audio from PATH (a file or a named FIFO) instead of stdin.
     #[arg(short, long, value_name = "PATH", help_heading = "Input")]
     pub input: Option<PathBuf>,
@@ -212,6 +231,118 @@ pub struct Opts {
     pub verbose: u8,
 }
 
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: a Unix socket that multiplexes client sessions onto
+    /// Soniox with the daemon's key, within Soniox's quotas; optionally a
+    /// Soniox-compatible WebSocket endpoint. See sttpipe-protocol(7).
+    Serve(Box<ServeOpts>),
+    /// Print the daemon's status as JSON: sessions, queue, upstream usage.
+    Status(StatusOpts),
+}
+
+/// `sttpipe serve`. Unset options come from the settings file, then from
+/// the defaults.
+#[derive(Debug, Default, Args)]
+pub struct ServeOpts {
+    /// The Unix socket to listen on, unless systemd passes one (socket
+    /// activation) [default: /run/sttpipe/sttpipe.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Settings file (TOML, keys named as these flags with underscores);
+    /// flags win. Read again on SIGHUP [default: /etc/sttpipe/sttpipe.toml,
+    /// if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Read the API key from PATH (else SONIOX_API_KEY, else
+    /// $CREDENTIALS_DIRECTORY/soniox-api-key). Read again on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Soniox region [default: us].
+    #[arg(long, value_enum, value_name = "REGION")]
+    pub region: Option<Region>,
+
+    /// WebSocket URL of the service, overriding --region.
+    #[arg(long, value_name = "URL", env = "SONIOX_WS_URL")]
+    pub url: Option<String>,
+
+    /// Trust the certificate authorities in PATH (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Upstream sessions open at once [default: 10, Soniox's project limit].
+    #[arg(long, value_name = "N")]
+    pub max_upstream: Option<usize>,
+
+    /// New upstream sessions a minute [default: 100, Soniox's limit].
+    #[arg(long, value_name = "N")]
+    pub new_sessions_per_minute: Option<u32>,
+
+    /// Sessions that may wait for an upstream slot; past it, `busy`
+    /// [default: 100].
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+
+    /// Sessions one uid may have at once; 0 for no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_uid: Option<usize>,
+
+    /// Only these uids may connect (comma-separated; root always may).
+    #[arg(long, value_name = "UIDS", value_delimiter = ',')]
+    pub allow_uid: Option<Vec<u32>>,
+
+    /// Only processes whose group is one of these gids may connect.
+    #[arg(long, value_name = "GIDS", value_delimiter = ',')]
+    pub allow_gid: Option<Vec<u32>>,
+
+    /// Group to own a socket the daemon binds itself (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Also serve the Soniox WebSocket protocol (and a browser page) on
+    /// ADDR, e.g. 127.0.0.1:3001.
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Option<std::net::SocketAddr>,
+
+    /// Clients of the WebSocket endpoint must present the token in PATH as
+    /// their API key; without it, anyone who can reach the endpoint may use it.
+    #[arg(long, value_name = "PATH")]
+    pub ws_token_file: Option<PathBuf>,
+
+    /// Upstream connections kept open and ready, so that a session's first
+    /// audio goes out without a handshake [default: 2].
+    #[arg(long, value_name = "N")]
+    pub warm_pool: Option<usize>,
+
+    /// On SIGTERM, wait at most SECS for the sessions' final tokens; keep it
+    /// below the unit's TimeoutStopSec [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<f64>,
+
+    /// A client must send its header line within SECS [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<f64>,
+
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `sttpipe status`.
+#[derive(Debug, Args)]
+pub struct StatusOpts {
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", env = "STTPIPE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Where the daemon listens by default (and where sttpipe.socket puts it).
+pub const DEFAULT_SOCKET: &str = "/run/sttpipe/sttpipe.sock";
+
 /// How events are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -258,7 +389,11 @@ mod tests {
     #[test]
     fn man_page_lists_every_flag() {
         let page = include_str!("../man/sttpipe.1");
-        for arg in Opts::command().get_arguments() {
+        let command = Opts::command();
+        let arguments = command
+            .get_arguments()
+            .chain(command.get_subcommands().flat_map(|c| c.get_arguments()));
+        for arg in arguments {
             if let Some(long) = arg.get_long() {
                 let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
                 assert!(

@@ -159,6 +159,15 @@ pub struct SessionConfig {
     pub timing: Timing,
 }
 
+/// Where the filter's audio goes.
+#[derive(Debug)]
+pub enum Target {
+    /// Straight to Soniox.
+    Soniox(ServiceConfig),
+    /// Through the sttpipe daemon at this socket.
+    Daemon(PathBuf),
+}
+
 /// Everything the filter needs, resolved from the command line.
 #[derive(Debug)]
 pub struct FilterConfig {
@@ -166,8 +175,8 @@ pub struct FilterConfig {
     pub input: InputOptions,
     /// Session settings (its audio format is settled once the input is sniffed).
     pub session: SessionConfig,
-    /// Service endpoint and key.
-    pub service: ServiceConfig,
+    /// Soniox directly, or a daemon.
+    pub target: Target,
     /// Plain text instead of NDJSON.
     pub text_output: bool,
 }
@@ -179,66 +188,81 @@ impl FilterConfig {
     /// Resolves and checks the options. `env` looks up environment variables
     /// (a parameter so tests need not change the process environment).
     pub fn from_opts(opts: Opts, env: &dyn Fn(&str) -> Option<String>) -> Result<FilterConfig> {
-        let format = resolve_format(&opts)?;
+        let timing = Timing::from_env(env)?;
+        let session = SessionConfig::from_opts(&opts, timing)?;
         let format_explicit =
             opts.audio_format != "pcm_s16le" || opts.rate != 16_000 || opts.channels != 1;
-        let recognition = resolve_recognition(&opts)?;
-        if !(opts.drain_timeout.is_finite() && opts.drain_timeout >= 0.0) {
-            return Err(Error::Usage(
-                "--drain-timeout must be a number of seconds ≥ 0".into(),
-            ));
-        }
-        let url = opts
-            .url
-            .clone()
-            .filter(|url| !url.is_empty())
-            .unwrap_or_else(|| opts.region.url().to_owned());
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            return Err(Error::Usage(format!(
-                "--url must be a ws:// or wss:// URL, not {url:?}"
-            )));
-        }
-        let api_key = load_api_key(opts.api_key_file.as_deref(), env)?;
-        let timing = Timing::from_env(env)?;
-        if opts.max_session < 3 {
-            return Err(Error::Usage(
-                "--max-session must be at least 3 seconds".into(),
-            ));
-        }
+        // Through a daemon, the daemon's key and endpoint serve.
+        let target = match &opts.connect {
+            Some(socket) => Target::Daemon(socket.clone()),
+            None => Target::Soniox(ServiceConfig {
+                url: resolve_url(opts.url.as_deref(), opts.region)?,
+                api_key: load_api_key(opts.api_key_file.as_deref(), env)?,
+                ca_file: opts.ca_file.clone(),
+                timing,
+            }),
+        };
         Ok(FilterConfig {
             input: InputOptions {
                 source: match opts.input {
                     Some(path) if path.as_os_str() != "-" => Source::Path(path),
                     _ => Source::Stdin,
                 },
-                format: format.clone(),
+                format: session.audio.clone(),
                 format_explicit,
                 follow: opts.follow,
                 chunk_ms: 100,
                 container_chunk_bytes: 4096,
                 queue_chunks: 16,
             },
-            session: SessionConfig {
-                recognition,
-                audio: format,
-                partials: opts.partials,
-                idle_close: (opts.idle_close > 0).then(|| Duration::from_secs(opts.idle_close)),
-                drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
-                max_lead: MAX_LEAD,
-                replay_buffer: Duration::from_secs(opts.replay_buffer),
-                max_session: Duration::from_secs(opts.max_session),
-                retry_budget: Duration::from_secs(opts.retry_budget),
-                timing,
-            },
-            service: ServiceConfig {
-                url,
-                api_key,
-                ca_file: opts.ca_file,
-                timing,
-            },
+            session,
+            target,
             text_output: opts.format == crate::cli::OutputFormat::Text,
         })
     }
+}
+
+impl SessionConfig {
+    /// The session settings the filter's flags give (no key, no endpoint).
+    /// The daemon builds a client's session from its header this way too.
+    pub fn from_opts(opts: &Opts, timing: Timing) -> Result<SessionConfig> {
+        if !(opts.drain_timeout.is_finite() && opts.drain_timeout >= 0.0) {
+            return Err(Error::Usage(
+                "--drain-timeout must be a number of seconds ≥ 0".into(),
+            ));
+        }
+        if opts.max_session < 3 {
+            return Err(Error::Usage(
+                "--max-session must be at least 3 seconds".into(),
+            ));
+        }
+        Ok(SessionConfig {
+            recognition: resolve_recognition(opts)?,
+            audio: resolve_format(opts)?,
+            partials: opts.partials,
+            idle_close: (opts.idle_close > 0).then(|| Duration::from_secs(opts.idle_close)),
+            drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
+            max_lead: MAX_LEAD,
+            replay_buffer: Duration::from_secs(opts.replay_buffer),
+            max_session: Duration::from_secs(opts.max_session),
+            retry_budget: Duration::from_secs(opts.retry_budget),
+            timing,
+        })
+    }
+}
+
+/// The service URL: `url` if given and not empty, else the region's.
+pub fn resolve_url(url: Option<&str>, region: crate::cli::Region) -> Result<String> {
+    let url = url
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| region.url())
+        .to_owned();
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(Error::Usage(format!(
+            "--url must be a ws:// or wss:// URL, not {url:?}"
+        )));
+    }
+    Ok(url)
 }
 
 fn resolve_format(opts: &Opts) -> Result<AudioFormat> {
@@ -406,10 +430,10 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.session.audio, AudioFormat::default_pcm());
         assert!(!config.input.format_explicit);
-        assert_eq!(
-            config.service.url,
-            "wss://stt-rt.soniox.com/transcribe-websocket"
-        );
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert_eq!(service.url, "wss://stt-rt.soniox.com/transcribe-websocket");
         assert_eq!(config.session.recognition.model, "stt-rt-v5");
     }
 
@@ -441,7 +465,10 @@ mod tests {
                 language_b: "es".into()
             })
         );
-        assert!(config.service.url.contains(".eu."));
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert!(service.url.contains(".eu."));
         assert!(!config.session.audio.is_raw());
     }
 

@@ -95,6 +95,22 @@ pub enum Error {
         /// Whether the service answered at all during the stream.
         reached: bool,
     },
+    /// The daemon refused this client (its uid or gid is not allowed).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The daemon has no slot and no room in its queue.
+    #[error("{0}")]
+    Busy(String),
+    /// The daemon reported an error (already given out as its `error` event).
+    #[error("{message}")]
+    Remote {
+        /// The event's `code`.
+        code: String,
+        /// The event's `message`.
+        message: String,
+        /// The event's `exit_code`.
+        exit_code: u8,
+    },
     /// An invariant broke: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,6 +157,9 @@ impl Error {
             Error::Output(_) => EXIT_IOERR,
             Error::RetryBudgetSpent { reached: true, .. } => EXIT_TEMPFAIL,
             Error::RetryBudgetSpent { .. } => EXIT_UNAVAILABLE,
+            Error::Forbidden(_) => EXIT_NOPERM,
+            Error::Busy(_) => EXIT_TEMPFAIL,
+            Error::Remote { exit_code, .. } => *exit_code,
             Error::Internal(_) => EXIT_SOFTWARE,
         }
     }
@@ -160,6 +179,9 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Output(_) => "output",
             Error::RetryBudgetSpent { .. } => "retry_budget",
+            Error::Forbidden(_) => "forbidden",
+            Error::Busy(_) => "busy",
+            Error::Remote { .. } => "remote",
             Error::Internal(_) => "internal",
         }
     }

@@ -132,6 +132,11 @@ pub enum Event {
         /// End of the lost audio, ms.
         end_ms: u64,
     },
+    /// The daemon has no upstream slot free yet: the session waits.
+    Queued {
+        /// 1-based place in the queue.
+        position: usize,
+    },
     /// The stream failed; the process exits with `exit_code`.
     Error {
         /// Kind of failure: `config`, `service`, `connect`, `bad_audio`, …

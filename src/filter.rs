@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::config::FilterConfig;
+use crate::client;
+use crate::config::{FilterConfig, Target};
 use crate::engine::Engine;
 use crate::engine::soniox::SonioxEngine;
 use crate::error::{EXIT_OK, EXIT_SOFTWARE, Error};
@@ -159,30 +160,45 @@ async fn stream(
         stop.clone(),
         usr1,
     ));
-    let result = session::run(
-        &engine,
-        &session_config,
-        new_session_id(),
-        session_rx,
-        events,
-        stop,
-    )
-    .await;
+    let result = match engine {
+        Upstream::Engine(engine) => session::run(
+            &engine,
+            &session_config,
+            new_session_id(),
+            session_rx,
+            events,
+            stop,
+        )
+        .await
+        .map(|_summary| ()),
+        Upstream::Daemon(socket) => {
+            client::run(&socket, &session_config, session_rx, events, stop).await
+        }
+    };
     pump.abort();
-    result.map(|_summary| ())
+    result
+}
+
+/// Where the session runs: here, on an engine, or in the daemon.
+enum Upstream {
+    Engine(Engine),
+    Daemon(std::path::PathBuf),
 }
 
 async fn prepare(
     config: FilterConfig,
 ) -> Result<
     (
-        Engine,
+        Upstream,
         crate::config::SessionConfig,
         mpsc::Receiver<InputEvent>,
     ),
     Error,
 > {
-    let engine = Engine::Soniox(SonioxEngine::new(config.service)?);
+    let engine = match config.target {
+        Target::Soniox(service) => Upstream::Engine(Engine::Soniox(SonioxEngine::new(service)?)),
+        Target::Daemon(socket) => Upstream::Daemon(socket),
+    };
     let input = input::spawn(config.input)?;
     Ok((engine, config.session, input))
 }

@@ -36,7 +36,9 @@
 
 pub mod audio;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod emulator;
 pub mod engine;
 pub mod error;
@@ -49,3 +51,4 @@ pub mod pacer;
 pub mod replay;
 pub mod retry;
 pub mod session;
+pub mod systemd;

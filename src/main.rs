@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 
-use sttpipe::cli::Opts;
+use sttpipe::cli::{Command, Opts};
 use sttpipe::config::FilterConfig;
 use sttpipe::error::{EXIT_OK, Error};
 use sttpipe::filter::{self, Exit};
@@ -31,20 +31,57 @@ fn main() -> ExitCode {
         }
         Err(err) => return fail(&Error::Usage(usage_line(&err))),
     };
-    logging::init(opts.verbose);
-    let config = match FilterConfig::from_opts(opts, &|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(err) => return fail(&err),
-    };
-    match filter::run(config) {
-        Exit::Code(code) => ExitCode::from(code),
-        Exit::Signal(signal) => {
-            // Die by the signal, as the shell expects of an interrupted
-            // filter; the exit status is only reached if that fails.
-            let _ = signal_hook::low_level::emulate_default_handler(signal);
-            ExitCode::from(128 + signal as u8)
+    match opts.command {
+        Some(Command::Serve(serve)) => {
+            // First, before any thread exists: the sockets systemd passed.
+            let fds = match sttpipe::systemd::take_listen_fds() {
+                Ok(fds) => fds,
+                Err(err) => {
+                    return fail(&Error::Config(format!("LISTEN_FDS: {err}")));
+                }
+            };
+            logging::init(serve.verbose);
+            ExitCode::from(sttpipe::daemon::main(*serve, fds))
+        }
+        Some(Command::Status(status)) => {
+            logging::init(0);
+            match client_status(&status.socket) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(err) => {
+                    filter::report(&err);
+                    ExitCode::from(err.exit_code())
+                }
+            }
+        }
+        None => {
+            logging::init(opts.verbose);
+            let config = match FilterConfig::from_opts(opts, &|name| std::env::var(name).ok()) {
+                Ok(config) => config,
+                Err(err) => return fail(&err),
+            };
+            match filter::run(config) {
+                Exit::Code(code) => ExitCode::from(code),
+                Exit::Signal(signal) => {
+                    // Die by the signal, as the shell expects of an interrupted
+                    // filter; the exit status is only reached if that fails.
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                    ExitCode::from(128 + signal as u8)
+                }
+            }
         }
     }
+}
+
+/// `sttpipe status`, on a small runtime of its own.
+fn client_status(socket: &std::path::Path) -> Result<String, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?
+        .block_on(sttpipe::client::status(socket))
 }
 
 /// Reports an error that came before any session: one line on stderr, one

@@ -17,3 +17,5 @@ mod signals;
 mod reliability;
 // TLS with a private CA, and certificate errors.
 mod tls;
+// The daemon: socket protocol, multiplexing, quotas, access, shutdown, notify.
+mod daemon;

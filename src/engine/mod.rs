@@ -12,7 +12,10 @@
 //! Today there is one engine, [`soniox`]; an offline one will join it as
 //! another [`Engine`] variant.
 
+pub mod rate;
 pub mod soniox;
+
+pub use rate::RateLimiter;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;

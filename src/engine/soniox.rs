@@ -8,7 +8,8 @@
 //! arrive after the end of audio are never dropped. Error frames become
 //! [`Error::Service`]. See `soniox-protocol.md` §3–§7 in the design docs.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -24,7 +25,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 
-use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
+use super::{
+    COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, RateLimiter, Update,
+};
 use crate::audio::AudioFormat;
 use crate::config::{RecognitionOptions, ServiceConfig, Timing, Translation};
 use crate::error::{Error, Result};
@@ -48,6 +51,85 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct SonioxEngine {
     service: ServiceConfig,
     tls: Arc<rustls::ClientConfig>,
+    /// Every upstream open takes a token first (the daemon's quota).
+    rate: Option<Arc<RateLimiter>>,
+    /// Connections opened ahead of need (the daemon's warm pool).
+    pool: Option<Arc<WarmPool>>,
+}
+
+/// A warm connection older than this is replaced: idle, unconfigured
+/// connections are not kept forever by the service (the Python SDK replaces
+/// them before 10 minutes).
+pub const WARM_MAX_AGE: Duration = Duration::from_secs(9 * 60);
+
+/// Open connections waiting for a session.
+struct WarmPool {
+    size: usize,
+    /// Oldest first, with the time each was opened.
+    idle: Mutex<VecDeque<(Instant, Socket)>>,
+    /// A connection was taken: open another.
+    wanted: Notify,
+}
+
+impl WarmPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Socket)>> {
+        // Plain pushes and pops: a panic cannot leave the queue half-done.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest connection young enough to use.
+    fn take(&self) -> Option<Socket> {
+        let taken = {
+            let mut idle = self.lock();
+            idle.retain(|(opened, _)| opened.elapsed() < WARM_MAX_AGE);
+            idle.pop_back()
+        };
+        self.wanted.notify_one();
+        taken.map(|(_, socket)| socket)
+    }
+}
+
+/// Keeps the pool full and its connections alive, until the engine is gone.
+async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEngine) {
+    let keepalive_every = engine.service.timing.wall(KEEPALIVE_AFTER);
+    loop {
+        let Some(strong) = pool.upgrade() else {
+            return;
+        };
+        let missing = strong.size.saturating_sub(strong.lock().len());
+        for _ in 0..missing {
+            match engine.connect().await {
+                Ok(socket) => strong.lock().push_back((Instant::now(), socket)),
+                Err(err) => {
+                    debug!(error = %err, "warm pool: connect failed");
+                    break;
+                }
+            }
+        }
+        // Keepalives on the idle connections: the service may send one
+        // before the start request (the Python SDK's preconnect does).
+        let idle: Vec<(Instant, Socket)> = strong.lock().drain(..).collect();
+        let mut alive = Vec::with_capacity(idle.len());
+        for (opened, mut socket) in idle {
+            let young = opened.elapsed() < WARM_MAX_AGE;
+            if young
+                && socket
+                    .send(Message::text(r#"{"type":"keepalive"}"#))
+                    .await
+                    .is_ok()
+            {
+                alive.push((opened, socket));
+            } else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+            }
+        }
+        strong.lock().extend(alive);
+        // Holding the pool while waiting only delays its end by one period.
+        tokio::select! {
+            () = strong.wanted.notified() => {}
+            () = tokio::time::sleep(keepalive_every) => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for SonioxEngine {
@@ -62,21 +144,70 @@ impl SonioxEngine {
     /// Prepares the engine: loads the trusted roots once.
     pub fn new(service: ServiceConfig) -> Result<SonioxEngine> {
         let tls = Arc::new(tls_config(service.ca_file.as_deref())?);
-        Ok(SonioxEngine { service, tls })
+        Ok(SonioxEngine {
+            service,
+            tls,
+            rate: None,
+            pool: None,
+        })
     }
 
-    /// Connects, sends the start request and spawns the session task.
+    /// Limits how fast upstream sessions open.
+    pub fn with_rate(mut self, rate: Arc<RateLimiter>) -> SonioxEngine {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Keeps `size` connections open and ready (handshake done, keepalives
+    /// sent, replaced before [`WARM_MAX_AGE`]), so that a session's first
+    /// audio goes out without a TCP, TLS and WebSocket handshake. Must be
+    /// called within a tokio runtime; the pool's task ends with the engine.
+    pub fn with_warm_pool(mut self, size: usize) -> SonioxEngine {
+        if size > 0 {
+            let pool = Arc::new(WarmPool {
+                size,
+                idle: Mutex::new(VecDeque::new()),
+                wanted: Notify::new(),
+            });
+            tokio::spawn(keep_warm(Arc::downgrade(&pool), self.clone()));
+            self.pool = Some(pool);
+        }
+        self
+    }
+
+    /// Connects (or takes a warm connection), sends the start request and
+    /// spawns the session task.
     pub async fn open(
         &self,
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
     ) -> Result<EngineLink> {
-        let mut socket = self.connect().await?;
-        let start = start_request(recognition, audio).to_string();
-        socket
-            .send(Message::text(start))
-            .await
-            .map_err(|e| Error::Disconnected(format!("sending the start request: {e}")))?;
+        if let Some(rate) = &self.rate {
+            rate.take().await;
+        }
+        let start = Message::text(start_request(recognition, audio).to_string());
+        let mut socket = None;
+        if let Some(pool) = &self.pool {
+            // A warm connection the service has closed fails the send: then
+            // the next one, or a fresh connection.
+            while let Some(mut warm) = pool.take() {
+                if warm.send(start.clone()).await.is_ok() {
+                    socket = Some(warm);
+                    break;
+                }
+            }
+        }
+        let socket = match socket {
+            Some(socket) => socket,
+            None => {
+                let mut socket = self.connect().await?;
+                socket
+                    .send(start)
+                    .await
+                    .map_err(|e| Error::Disconnected(format!("sending the start request: {e}")))?;
+                socket
+            }
+        };
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let timers = Timers::new(self.service.timing);

@@ -1,0 +1,217 @@
+//! Admission: how many client sessions hold an upstream slot, who waits,
+//! and how fast new upstream sessions may open.
+//!
+//! Soniox allows a project 10 concurrent streams and 100 new streams a
+//! minute by default. A client session takes a [`Slot`] for its whole life
+//! (its reconnects and rotations reuse it); past the limit it waits in a
+//! bounded FIFO queue, and past the queue it is refused as busy. (The rate
+//! of new upstream sessions is the engine's: [`crate::engine::RateLimiter`].)
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+/// The limits, changeable at run time (SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client sessions streaming at once.
+    pub max_upstream: usize,
+    /// Client sessions that may wait.
+    pub queue: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    limits: Limits,
+    active: usize,
+    /// Waiters in arrival order; a dropped receiver means the client left.
+    waiting: VecDeque<oneshot::Sender<()>>,
+}
+
+/// The slot pool.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    state: Arc<Mutex<State>>,
+}
+
+/// What asking for a slot gave.
+#[derive(Debug)]
+pub enum Ticket {
+    /// A slot, at once.
+    Admitted(Slot),
+    /// A place in the queue (1-based position); await [`Waiting::slot`].
+    Queued(Waiting),
+    /// The queue is full.
+    Busy,
+}
+
+/// A place in the queue.
+#[derive(Debug)]
+pub struct Waiting {
+    /// 1-based position when queued.
+    pub position: usize,
+    admission: Admission,
+    wake: oneshot::Receiver<()>,
+}
+
+impl Waiting {
+    /// Waits for the slot.
+    pub async fn slot(self) -> Slot {
+        // The sender is only dropped after sending (a slot handed over) or
+        // when the admission is gone with its waiters, which cannot happen
+        // while `self.admission` holds it.
+        let _ = self.wake.await;
+        Slot {
+            admission: self.admission,
+        }
+    }
+}
+
+/// An upstream slot; released on drop, handing it to the next waiter.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Admission,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.release();
+    }
+}
+
+impl Admission {
+    /// A pool with `limits`.
+    pub fn new(limits: Limits) -> Admission {
+        Admission {
+            state: Arc::new(Mutex::new(State {
+                limits,
+                active: 0,
+                waiting: VecDeque::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this short, non-reentrant lock would be a
+        // bug; the state stays consistent, so carry on with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a slot.
+    pub fn ask(&self) -> Ticket {
+        let mut state = self.lock();
+        state.waiting.retain(|w| !w.is_closed());
+        if state.active < state.limits.max_upstream && state.waiting.is_empty() {
+            state.active += 1;
+            return Ticket::Admitted(Slot {
+                admission: self.clone(),
+            });
+        }
+        if state.waiting.len() >= state.limits.queue {
+            return Ticket::Busy;
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiting.push_back(tx);
+        Ticket::Queued(Waiting {
+            position: state.waiting.len(),
+            admission: self.clone(),
+            wake: rx,
+        })
+    }
+
+    fn release(&self) {
+        let mut state = self.lock();
+        state.active -= 1;
+        Self::hand_over(&mut state);
+    }
+
+    /// Gives free slots to waiters still there.
+    fn hand_over(state: &mut State) {
+        while state.active < state.limits.max_upstream {
+            let Some(waiter) = state.waiting.pop_front() else {
+                break;
+            };
+            if waiter.send(()).is_ok() {
+                state.active += 1;
+            }
+        }
+    }
+
+    /// New limits (SIGHUP): a higher limit admits waiters at once; a lower
+    /// one lets running sessions finish.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut state = self.lock();
+        state.limits = limits;
+        Self::hand_over(&mut state);
+    }
+
+    /// (streaming, waiting, limits) now.
+    pub fn usage(&self) -> (usize, usize, Limits) {
+        let mut state = self.lock();
+        state.waiting.retain(|w| !w.is_closed());
+        (state.active, state.waiting.len(), state.limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn slots_queue_and_hand_over_in_order() {
+        let admission = Admission::new(Limits {
+            max_upstream: 1,
+            queue: 2,
+        });
+        let Ticket::Admitted(first) = admission.ask() else {
+            panic!("a free slot")
+        };
+        let Ticket::Queued(second) = admission.ask() else {
+            panic!("queued")
+        };
+        let Ticket::Queued(third) = admission.ask() else {
+            panic!("queued")
+        };
+        assert_eq!((second.position, third.position), (1, 2));
+        assert!(matches!(admission.ask(), Ticket::Busy));
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), second.slot())
+            .await
+            .expect("handed over");
+        assert_eq!(admission.usage().0, 1);
+        // A waiter that leaves gives its place up.
+        drop(third);
+        drop(second);
+        assert_eq!(
+            admission.usage(),
+            (
+                0,
+                0,
+                Limits {
+                    max_upstream: 1,
+                    queue: 2
+                }
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn raising_the_limit_admits_waiters() {
+        let admission = Admission::new(Limits {
+            max_upstream: 0,
+            queue: 5,
+        });
+        let Ticket::Queued(waiting) = admission.ask() else {
+            panic!("queued")
+        };
+        admission.set_limits(Limits {
+            max_upstream: 3,
+            queue: 5,
+        });
+        tokio::time::timeout(Duration::from_secs(1), waiting.slot())
+            .await
+            .expect("admitted after the raise");
+    }
+}

@@ -1,0 +1,225 @@
+//! The sessions the daemon serves, for `sttpipe status`, STATUS= and the
+//! per-uid limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// Who is on the other end of a connection (SO_PEERCRED; the pid only for
+/// logs, since pids are reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Process id, when known.
+    pub pid: Option<i32>,
+}
+
+/// A session's state, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Waiting for an upstream slot.
+    Queued = 0,
+    /// Streaming.
+    Streaming = 1,
+    /// Audio ended; final tokens awaited.
+    Draining = 2,
+}
+
+impl State {
+    fn name(raw: u8) -> &'static str {
+        match raw {
+            0 => "queued",
+            1 => "streaming",
+            _ => "draining",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    front: &'static str,
+    peer: Peer,
+    started: Instant,
+    progress: Arc<Progress>,
+}
+
+/// What a session's front end updates as it goes.
+#[derive(Debug, Default)]
+pub struct Progress {
+    audio_bytes: AtomicU64,
+    /// Bytes per second of the audio (0 for containers).
+    bytes_per_second: AtomicU64,
+    state: AtomicU8,
+}
+
+impl Progress {
+    /// Counts audio read from the client.
+    pub fn add_audio(&self, bytes: u64) {
+        self.audio_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Sets the audio rate, so status can say ms.
+    pub fn set_bytes_per_second(&self, rate: Option<u64>) {
+        self.bytes_per_second
+            .store(rate.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn audio_ms(&self) -> u64 {
+        match self.bytes_per_second.load(Ordering::Relaxed) {
+            0 => 0,
+            rate => self.audio_bytes.load(Ordering::Relaxed) * 1000 / rate,
+        }
+    }
+}
+
+/// All sessions now, and totals since start.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    /// Audio of the sessions that ended, ms.
+    finished_audio_ms: AtomicU64,
+    /// Sessions served since start.
+    served: AtomicU64,
+}
+
+/// A registered session; removed on drop.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    /// Updated by the front end.
+    pub progress: Arc<Progress>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(entry) = self.registry.lock().remove(&self.id) {
+            self.registry
+                .finished_audio_ms
+                .fetch_add(entry.progress.audio_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // Short critical sections that cannot leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a session; `None` if `peer.uid` already has `per_uid_limit`
+    /// sessions (0: no limit).
+    pub fn register(
+        self: &Arc<Self>,
+        front: &'static str,
+        peer: Peer,
+        per_uid_limit: usize,
+    ) -> Option<Registration> {
+        let mut entries = self.lock();
+        if per_uid_limit > 0
+            && entries.values().filter(|e| e.peer.uid == peer.uid).count() >= per_uid_limit
+        {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let progress = Arc::new(Progress::default());
+        entries.insert(
+            id,
+            Entry {
+                front,
+                peer,
+                started: Instant::now(),
+                progress: progress.clone(),
+            },
+        );
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(Registration {
+            registry: self.clone(),
+            id,
+            progress,
+        })
+    }
+
+    /// Sessions now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `status` document's session part.
+    pub fn status(&self) -> Value {
+        let entries = self.lock();
+        let mut per_uid: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut live_audio_ms = 0;
+        let mut sessions: Vec<(u64, Value)> = entries
+            .iter()
+            .map(|(id, e)| {
+                *per_uid.entry(e.peer.uid).or_default() += 1;
+                let audio_ms = e.progress.audio_ms();
+                live_audio_ms += audio_ms;
+                (
+                    *id,
+                    json!({
+                        "id": id,
+                        "front": e.front,
+                        "peer": {"uid": e.peer.uid, "gid": e.peer.gid, "pid": e.peer.pid},
+                        "age_ms": e.started.elapsed().as_millis() as u64,
+                        "audio_ms": audio_ms,
+                        "state": State::name(e.progress.state.load(Ordering::Relaxed)),
+                    }),
+                )
+            })
+            .collect();
+        sessions.sort_by_key(|(id, _)| *id);
+        let total_ms = self.finished_audio_ms.load(Ordering::Relaxed) + live_audio_ms;
+        json!({
+            "sessions": sessions.into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+            "per_uid": per_uid.into_iter().map(|(uid, n)| (uid.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "sessions_served": self.served.load(Ordering::Relaxed),
+            "audio_minutes": total_ms as f64 / 60_000.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_uid_limit_and_totals() {
+        let registry = Arc::new(Registry::default());
+        let peer = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(1),
+        };
+        let first = registry.register("unix", peer, 1).expect("first");
+        assert!(registry.register("unix", peer, 1).is_none());
+        first.progress.set_bytes_per_second(Some(32_000));
+        first.progress.add_audio(64_000);
+        let status = registry.status();
+        assert_eq!(status["sessions"][0]["audio_ms"], 2000);
+        assert_eq!(status["per_uid"]["1000"], 1);
+        drop(first);
+        assert!(registry.is_empty());
+        assert_eq!(registry.status()["audio_minutes"], 2000.0 / 60_000.0);
+        assert!(registry.register("unix", peer, 1).is_some());
+    }
+}
