@@ -531,3 +531,70 @@ async fn notify_socket_sees_ready_status_watchdog_stopping() {
         "the daemon's own socket is removed on exit"
     );
 }
+
+/// Socket activation under `systemd-socket-activate`: the daemon serves the
+/// socket it is given (the first connection starts it), says READY, and
+/// leaves the socket file alone at exit, since systemd owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation() {
+    if which("systemd-socket-activate").is_none() {
+        panic!("systemd-socket-activate is missing: .ci/run installs systemd");
+    }
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = StdDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(NOTIFY_BOUND)).unwrap();
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .args(["--fdname=sttpipe", "-E", "NOTIFY_SOCKET", "-E", "SONIOX_WS_URL", "-E", "SONIOX_API_KEY"])
+        .arg(env!("CARGO_BIN_EXE_sttpipe"))
+        .args(["serve", "--warm-pool", "0", "--config", "/dev/null", "--socket"])
+        .arg(dir.path().join("not-used.sock"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("SONIOX_WS_URL", emulator.url())
+        .env("SONIOX_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    util::wait_for(Duration::from_secs(10), "the activator listens", || socket.exists()).await;
+    // The first connection starts the daemon; its session is served.
+    let words = client_words(7, 3);
+    let events = raw_session(&socket, &header(), &marker::encode(&words, 1_600, 16_000, 1)).await;
+    assert_eq!(util::final_words(&events), util::expected(&words));
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = notify.recv(&mut buf).expect("READY=1 arrives");
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.contains("READY=1") {
+                return message;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ready.contains("STATUS="), "{ready}");
+    assert!(!dir.path().join("not-used.sock").exists(), "it bound a socket of its own");
+    // systemd-socket-activate execs the daemon in its own process.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(activator.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), activator.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(socket.exists(), "the daemon unlinked a socket systemd owns");
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.exists())
+}

@@ -284,6 +284,8 @@ pub struct SessionRecord {
     /// One entry per audio frame: (wall ms since the session's first audio
     /// frame, audio ms received so far including that frame).
     pub receipts: Vec<(u64, u64)>,
+    /// When the first audio frame arrived (for latency measurements).
+    pub first_audio_at: Option<std::time::Instant>,
     /// `{"type":"keepalive"}` messages received (before or after start).
     pub keepalives: u32,
     /// `{"type":"finalize"}` messages received.
@@ -312,6 +314,7 @@ impl SessionRecord {
             audio_bytes: 0,
             audio_ms: 0,
             receipts: Vec::new(),
+            first_audio_at: None,
             keepalives: 0,
             finalizes: 0,
             ended_audio: false,

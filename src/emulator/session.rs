@@ -447,6 +447,7 @@ impl Session {
         let audio_ms = rec.count(data);
         {
             let mut r = lock(&self.slot);
+            r.first_audio_at.get_or_insert(first.into_std());
             r.audio_bytes += data.len() as u64;
             r.audio_ms = audio_ms;
             r.receipts
