@@ -6,6 +6,8 @@
 //! `cargo bench --bench daemon`; `BENCH_SESSIONS=N` sessions per setting
 //! (default 30). Prints figures; asserts nothing about speed.
 
+// The tests' throw-away CA; `pub` there serves the test crate.
+#[allow(unreachable_pub)]
 #[path = "../tests/util/tls.rs"]
 mod tls;
 

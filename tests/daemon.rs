@@ -549,9 +549,24 @@ async fn socket_activation() {
     let mut activator = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&socket)
-        .args(["--fdname=sttpipe", "-E", "NOTIFY_SOCKET", "-E", "SONIOX_WS_URL", "-E", "SONIOX_API_KEY"])
+        .args([
+            "--fdname=sttpipe",
+            "-E",
+            "NOTIFY_SOCKET",
+            "-E",
+            "SONIOX_WS_URL",
+            "-E",
+            "SONIOX_API_KEY",
+        ])
         .arg(env!("CARGO_BIN_EXE_sttpipe"))
-        .args(["serve", "--warm-pool", "0", "--config", "/dev/null", "--socket"])
+        .args([
+            "serve",
+            "--warm-pool",
+            "0",
+            "--config",
+            "/dev/null",
+            "--socket",
+        ])
         .arg(dir.path().join("not-used.sock"))
         .env("NOTIFY_SOCKET", &notify_path)
         .env("SONIOX_WS_URL", emulator.url())
@@ -561,10 +576,18 @@ async fn socket_activation() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    util::wait_for(Duration::from_secs(10), "the activator listens", || socket.exists()).await;
+    util::wait_for(Duration::from_secs(10), "the activator listens", || {
+        socket.exists()
+    })
+    .await;
     // The first connection starts the daemon; its session is served.
     let words = client_words(7, 3);
-    let events = raw_session(&socket, &header(), &marker::encode(&words, 1_600, 16_000, 1)).await;
+    let events = raw_session(
+        &socket,
+        &header(),
+        &marker::encode(&words, 1_600, 16_000, 1),
+    )
+    .await;
     assert_eq!(util::final_words(&events), util::expected(&words));
     let ready = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; 4096];
@@ -579,14 +602,20 @@ async fn socket_activation() {
     .await
     .unwrap();
     assert!(ready.contains("STATUS="), "{ready}");
-    assert!(!dir.path().join("not-used.sock").exists(), "it bound a socket of its own");
+    assert!(
+        !dir.path().join("not-used.sock").exists(),
+        "it bound a socket of its own"
+    );
     // systemd-socket-activate execs the daemon in its own process.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(activator.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), activator.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), activator.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(socket.exists(), "the daemon unlinked a socket systemd owns");
 }

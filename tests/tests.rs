@@ -19,3 +19,5 @@ mod reliability;
 mod tls;
 // The daemon: socket protocol, multiplexing, quotas, access, shutdown, notify.
 mod daemon;
+// The Soniox-compatible WebSocket endpoint.
+mod proxy;

@@ -115,7 +115,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         Ok(Ok(None)) => return,
         Ok(Err(HeadError::TooLarge)) => {
             debug!("request head too large");
-            respond(&mut stream, 431, "Request Header Fields Too Large", "text/plain; charset=utf-8", b"request head too large\n", &[]).await;
+            refuse(&mut stream, 431, "Request Header Fields Too Large", &[]).await;
             return;
         }
         Ok(Err(HeadError::Io(err))) => {
@@ -124,12 +124,12 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         Err(_) => {
             debug!("no request head in time");
-            respond(&mut stream, 408, "Request Timeout", "text/plain; charset=utf-8", b"request timeout\n", &[]).await;
+            refuse(&mut stream, 408, "Request Timeout", &[]).await;
             return;
         }
     };
     let Some(head) = Head::parse(&head) else {
-        respond(&mut stream, 400, "Bad Request", "text/plain; charset=utf-8", b"bad request\n", &[]).await;
+        refuse(&mut stream, 400, "Bad Request", &[]).await;
         return;
     };
     let token = shared.ws_token();
@@ -141,16 +141,14 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         Route::Plain(status, reason) => {
             debug!(status, path = %head.path, "plain request refused");
-            let body = format!("{status} {reason}\n");
-            respond(&mut stream, status, reason, "text/plain; charset=utf-8", body.as_bytes(), &[]).await;
+            refuse(&mut stream, status, reason, &[]).await;
         }
         Route::Upgrade => {
             let upgrade = match Upgrade::check(&head) {
                 Ok(upgrade) => upgrade,
                 Err((status, reason, extra)) => {
                     debug!(status, "bad WebSocket upgrade");
-                    let body = format!("{status} {reason}\n");
-                    respond(&mut stream, status, reason, "text/plain; charset=utf-8", body.as_bytes(), extra).await;
+                    refuse(&mut stream, status, reason, extra).await;
                     return;
                 }
             };
@@ -172,7 +170,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 .max_frame_size(Some(MAX_MESSAGE_BYTES));
             // Whatever the client sent after its head is the start of the
             // WebSocket stream.
-            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
+                .await;
             let (sink, stream) = ws.split();
             let mut client = Client {
                 sink,
@@ -241,7 +240,11 @@ impl Head {
         if request_line.next().is_some() || !version.starts_with("HTTP/1.") || method.is_empty() {
             return None;
         }
-        let path = target.split(['?', '#']).next().unwrap_or_default().to_owned();
+        let path = target
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let mut headers = Vec::new();
         for line in lines {
             let (name, value) = line.split_once(':')?;
@@ -358,7 +361,10 @@ impl Upgrade {
         if head.header("sec-websocket-version").as_deref() != Some("13") {
             return Err((426, "Upgrade Required", &["Sec-WebSocket-Version: 13"]));
         }
-        let Some(nonce) = head.header("sec-websocket-key").filter(|k| !k.contains(',')) else {
+        let Some(nonce) = head
+            .header("sec-websocket-key")
+            .filter(|k| !k.contains(','))
+        else {
             return Err((400, "Bad Request", &[]));
         };
         let bearer = head.header("authorization").and_then(|value| {
@@ -395,17 +401,11 @@ impl Upgrade {
     }
 }
 
-/// Writes a plain response and closes.
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-    extra_headers: &[&str],
-) {
+/// Writes a plain-text refusal and closes.
+async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, extra_headers: &[&str]) {
+    let body = format!("{status} {reason}\n");
     let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         body.len()
     );
     for header in extra_headers {
@@ -414,7 +414,7 @@ async fn respond(
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    out.extend_from_slice(body);
+    out.extend_from_slice(body.as_bytes());
     // The client may be gone already; nothing to do about it.
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
@@ -467,9 +467,10 @@ impl SonioxError {
         match err {
             // The daemon's own key was refused upstream: the client's key is
             // fine, so a 401 would send it chasing the wrong problem.
-            Error::Service { code: 401, .. } => {
-                SonioxError::new(500, "The daemon's upstream API key was rejected by the service.")
-            }
+            Error::Service { code: 401, .. } => SonioxError::new(
+                500,
+                "The daemon's upstream API key was rejected by the service.",
+            ),
             Error::Service {
                 code,
                 error_type,
@@ -735,7 +736,9 @@ fn parse_audio_format(map: &Map<String, Value>) -> Result<AudioFormat, SonioxErr
 fn parse_translation(t: &Map<String, Value>) -> Result<Translation, SonioxError> {
     let language = |key: &str| match field(t, key) {
         Some(Value::String(code)) => Ok(code.clone()),
-        _ => Err(SonioxError::bad_request("Invalid translation target language.")),
+        _ => Err(SonioxError::bad_request(
+            "Invalid translation target language.",
+        )),
     };
     match opt_str(t, "type")? {
         Some("one_way") => Ok(Translation::OneWay {
@@ -833,7 +836,9 @@ async fn run_client(
         && !key_matches(&key.key, token)
     {
         info!(source = key.source, "refused: wrong key");
-        client.fail(&SonioxError::new(401, "Invalid API key.")).await;
+        client
+            .fail(&SonioxError::new(401, "Invalid API key."))
+            .await;
         return;
     }
     let text = match wait_for_start(client, shared, timing.wall(START_TIMEOUT)).await {
@@ -878,7 +883,9 @@ async fn run_client(
     };
     let Some(registration) = shared.registry.register("ws", REMOTE_PEER, 0) else {
         // Unreachable with no per-uid limit; refuse rather than run unlisted.
-        client.fail(&SonioxError::new(429, "Too many sessions.")).await;
+        client
+            .fail(&SonioxError::new(429, "Too many sessions."))
+            .await;
         return;
     };
     let progress = registration.progress.clone();
@@ -893,7 +900,10 @@ async fn run_client(
     }
     let Some(_slot) = slot else {
         let err = if shared.stop.is_cancelled() {
-            SonioxError::new(503, "The server is shutting down. Please restart the request.")
+            SonioxError::new(
+                503,
+                "The server is shutting down. Please restart the request.",
+            )
         } else {
             SonioxError::from_error(&Error::Busy(
                 "The daemon is busy: every upstream slot is taken and the queue is full.".into(),
@@ -911,7 +921,15 @@ async fn run_client(
     let stop = shared.stop.child_token();
     let session_config = config.clone();
     let task = SessionTask(Some(tokio::spawn(async move {
-        session::run(&engine, &session_config, session_id, input_rx, events_tx, stop).await
+        session::run(
+            &engine,
+            &session_config,
+            session_id,
+            input_rx,
+            events_tx,
+            stop,
+        )
+        .await
     })));
     let relay = Relay {
         frame: config.audio.bytes_per_frame().unwrap_or(1),
@@ -948,7 +966,9 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
             }
             Some(Ok(Message::Binary(_))) => {
                 client
-                    .fail(&SonioxError::bad_request("Start request must be a text message."))
+                    .fail(&SonioxError::bad_request(
+                        "Start request must be a text message.",
+                    ))
                     .await;
                 return Start::Gone;
             }
@@ -963,7 +983,8 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
 
 /// Whether `text` is the control message `{"type": kind}`.
 fn is_control(text: &str, kind: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some(kind))
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some(kind))
 }
 
 /// What a text frame after the start request means.
@@ -1016,6 +1037,17 @@ impl SessionTask {
             Err(_) => None,
         }
     }
+
+    /// Ends the session now, abandoning its upstream session (no end of
+    /// audio, no drain). Waits for the task to be gone, so that the input
+    /// channel closing afterwards cannot be taken for an end of audio.
+    async fn abandon(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+            // Cancelled (or it had just ended): either way it is over.
+            let _ = handle.await;
+        }
+    }
 }
 
 impl Drop for SessionTask {
@@ -1048,11 +1080,14 @@ impl Relay {
     async fn run(
         self,
         client: &mut Client,
-        mut task: SessionTask,
+        task: SessionTask,
         input_tx: mpsc::Sender<SessionInput>,
         mut events: mpsc::Receiver<Event>,
     ) {
         let mut input = Some(input_tx);
+        // Declared after `input`, so dropped before it: an aborted session
+        // never sees its input close as an end of audio.
+        let mut task = task;
         let mut pending: Option<SessionInput> = None;
         let mut carry = BytesMut::new();
         let mut transcript = Transcript::default();
@@ -1071,7 +1106,8 @@ impl Relay {
                         if let Some(frame) = frame
                             && !client.send_text(frame.to_string()).await
                         {
-                            debug!("the client went away");
+                            info!(session = %client.request_id, "the client went away; session abandoned");
+                            task.abandon().await;
                             return;
                         }
                         terminal
@@ -1080,9 +1116,18 @@ impl Relay {
                         None => {}
                         Some(Terminal::End { audio_ms }) => {
                             let outcome = task.outcome().await;
-                            if let Some(Err(err)) = outcome {
-                                client.fail(&SonioxError::from_error(&err)).await;
-                                return;
+                            match &outcome {
+                                Some(Ok(_)) => {}
+                                Some(Err(err)) => {
+                                    client.fail(&SonioxError::from_error(err)).await;
+                                    return;
+                                }
+                                // A panic, or a task that hangs after its end.
+                                None => {
+                                    log_outcome(&client.request_id, outcome);
+                                    client.fail(&SonioxError::new(500, "Internal error.")).await;
+                                    return;
+                                }
                             }
                             log_outcome(&client.request_id, outcome);
                             let frame = transcript.finished(audio_ms);
@@ -1109,6 +1154,9 @@ impl Relay {
                 permit = reserve(waiting), if pending.is_some() => match (permit, pending.take()) {
                     (Some(permit), Some(message)) => {
                         permit.send(message);
+                        // The client was held back, not silent: its idle
+                        // time starts now.
+                        idle_at = Instant::now() + self.idle;
                     }
                     // The session no longer reads: its events say why.
                     _ => input = None,
@@ -1134,6 +1182,7 @@ impl Relay {
                             // Soniox treats a client's close as a cancel: the
                             // upstream session is abandoned (the task guard).
                             info!(session = %client.request_id, "the client went away; session abandoned");
+                            task.abandon().await;
                             return;
                         }
                     };
@@ -1146,12 +1195,14 @@ impl Relay {
                         }
                         Control::Finalize => debug!("finalize after the end of audio ignored"),
                         Control::Invalid(err) => {
+                            task.abandon().await;
                             client.fail(&err).await;
                             return;
                         }
                     }
                 }
-                () = sleep_until(idle_at), if input.is_some() => {
+                () = sleep_until(idle_at), if input.is_some() && pending.is_none() => {
+                    task.abandon().await;
                     client.fail(&SonioxError::new(408, "Request timeout.")).await;
                     return;
                 }
@@ -1163,7 +1214,7 @@ impl Relay {
     /// partial frame back for the next message.
     fn align(&self, carry: &mut BytesMut, data: Bytes) -> Option<Bytes> {
         self.progress.add_audio(data.len() as u64);
-        if carry.is_empty() && data.len() % self.frame == 0 {
+        if carry.is_empty() && data.len().is_multiple_of(self.frame) {
             return Some(data);
         }
         carry.extend_from_slice(&data);
@@ -1175,7 +1226,10 @@ impl Relay {
     fn end_audio(&self, input: &mut Option<mpsc::Sender<SessionInput>>, carry: &BytesMut) {
         if input.take().is_some() {
             if !carry.is_empty() {
-                debug!(bytes = carry.len(), "dropped a partial frame at the end of the audio");
+                debug!(
+                    bytes = carry.len(),
+                    "dropped a partial frame at the end of the audio"
+                );
             }
             self.progress.set_state(State::Draining);
         }
@@ -1195,7 +1249,9 @@ async fn reserve(
 
 fn log_outcome(session: &str, outcome: Option<crate::error::Result<Summary>>) {
     match outcome {
-        Some(Ok(summary)) => info!(%session, audio_ms = summary.audio_ms, tokens = summary.tokens, reason = ?summary.reason, "session end"),
+        Some(Ok(summary)) => {
+            info!(%session, audio_ms = summary.audio_ms, tokens = summary.tokens, reason = ?summary.reason, "session end")
+        }
         Some(Err(err)) => info!(%session, error = %err, "session failed"),
         None => warn!(%session, "the session did not end in time"),
     }
@@ -1217,7 +1273,10 @@ impl Transcript {
     /// and `<end>`/`<fin>` markers in the order they came, then the complete
     /// current non-final set. Returns `None` for the frame when the batch
     /// changed nothing a Soniox client sees; stops at `end` or `error`.
-    fn fold(&mut self, batch: impl IntoIterator<Item = Event>) -> (Option<Value>, Option<Terminal>) {
+    fn fold(
+        &mut self,
+        batch: impl IntoIterator<Item = Event>,
+    ) -> (Option<Value>, Option<Terminal>) {
         let mut tokens = Vec::new();
         let mut non_final_changed = false;
         let mut terminal = None;
@@ -1230,7 +1289,9 @@ impl Transcript {
                     }
                     tokens.push(json!(token));
                 }
-                Event::Partial { tokens: partial, .. } => {
+                Event::Partial {
+                    tokens: partial, ..
+                } => {
                     self.non_final = partial;
                     non_final_changed = true;
                 }
@@ -1252,7 +1313,9 @@ impl Transcript {
                     message,
                     ..
                 } => {
-                    terminal = Some(Terminal::Error(SonioxError::from_event(&code, status, &message)));
+                    terminal = Some(Terminal::Error(SonioxError::from_event(
+                        &code, status, &message,
+                    )));
                     break;
                 }
                 // No Soniox equivalent: the client sees an uninterrupted stream.
@@ -1318,14 +1381,35 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&head("GET / HTTP/1.1\r\nHost: x"), false), Route::Page { with_body: true });
-        assert_eq!(route(&head("GET /?token=abc HTTP/1.1"), false), Route::Page { with_body: true });
-        assert_eq!(route(&head("HEAD / HTTP/1.1"), false), Route::Page { with_body: false });
-        assert_eq!(route(&head("GET /nope HTTP/1.1"), false), Route::Plain(404, "Not Found"));
-        assert_eq!(route(&head("POST / HTTP/1.1"), false), Route::Plain(405, "Method Not Allowed"));
+        assert_eq!(
+            route(&head("GET / HTTP/1.1\r\nHost: x"), false),
+            Route::Page { with_body: true }
+        );
+        assert_eq!(
+            route(&head("GET /?token=abc HTTP/1.1"), false),
+            Route::Page { with_body: true }
+        );
+        assert_eq!(
+            route(&head("HEAD / HTTP/1.1"), false),
+            Route::Page { with_body: false }
+        );
+        assert_eq!(
+            route(&head("GET /nope HTTP/1.1"), false),
+            Route::Plain(404, "Not Found")
+        );
+        assert_eq!(
+            route(&head("POST / HTTP/1.1"), false),
+            Route::Plain(405, "Method Not Allowed")
+        );
         assert_eq!(route(&upgrade_head("/", ""), false), Route::Upgrade);
-        assert_eq!(route(&upgrade_head("/transcribe-websocket?x=1", ""), false), Route::Upgrade);
-        assert_eq!(route(&upgrade_head("/other", ""), false), Route::Plain(404, "Not Found"));
+        assert_eq!(
+            route(&upgrade_head("/transcribe-websocket?x=1", ""), false),
+            Route::Upgrade
+        );
+        assert_eq!(
+            route(&upgrade_head("/other", ""), false),
+            Route::Plain(404, "Not Found")
+        );
         assert!(Head::parse(b"GARBAGE").is_none());
         assert!(Head::parse(b"GET / HTTP/1.1\r\nno colon").is_none());
     }
@@ -1336,7 +1420,11 @@ mod tests {
         let other = upgrade_head("/", "\r\nOrigin: https://evil.example");
         assert_eq!(route(&same, false), Route::Upgrade);
         assert_eq!(route(&other, false), Route::Plain(403, "Forbidden"));
-        assert_eq!(route(&other, true), Route::Upgrade, "the token is the access rule then");
+        assert_eq!(
+            route(&other, true),
+            Route::Upgrade,
+            "the token is the access rule then"
+        );
     }
 
     #[test]
@@ -1345,23 +1433,38 @@ mod tests {
         let plain = Upgrade::check(&upgrade_head("/", "")).ok().unwrap();
         assert_eq!(plain.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert!(!plain.key_subprotocol && plain.key.is_none());
-        let sub = Upgrade::check(&upgrade_head("/", "\r\nSec-WebSocket-Protocol: soniox-api-key, abc")).ok().unwrap();
+        let sub = Upgrade::check(&upgrade_head(
+            "/",
+            "\r\nSec-WebSocket-Protocol: soniox-api-key, abc",
+        ))
+        .ok()
+        .unwrap();
         assert!(sub.key_subprotocol);
-        assert_eq!(sub.key.as_ref().map(|k| (k.key.as_str(), k.source)), Some(("abc", "subprotocol")));
+        assert_eq!(
+            sub.key.as_ref().map(|k| (k.key.as_str(), k.source)),
+            Some(("abc", "subprotocol"))
+        );
         let both = Upgrade::check(&upgrade_head(
             "/",
             "\r\nAuthorization: Bearer hdr\r\nSec-WebSocket-Protocol: soniox-api-key\r\nSec-WebSocket-Protocol: sub",
         ))
         .ok()
         .unwrap();
-        assert_eq!(both.key.as_ref().map(|k| (k.key.as_str(), k.source)), Some(("hdr", "header")));
+        assert_eq!(
+            both.key.as_ref().map(|k| (k.key.as_str(), k.source)),
+            Some(("hdr", "header"))
+        );
         assert!(format!("{:?}", both.key).contains("<redacted>"));
-        let old = head("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x");
+        let old = head(
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x",
+        );
         assert_eq!(Upgrade::check(&old).err().map(|e| e.0), Some(426));
     }
 
     fn start(value: Value) -> Result<StartRequest, SonioxError> {
-        let Value::Object(map) = value else { panic!("an object") };
+        let Value::Object(map) = value else {
+            panic!("an object")
+        };
         parse_start(&map)
     }
 
@@ -1399,14 +1502,20 @@ mod tests {
         // The inverse of start_request, minus the key.
         let again = crate::engine::soniox::start_request(r, &parsed.audio);
         assert_eq!(again["audio_format"], "pcm_s16le");
-        assert_eq!(again["translation"], json!({"type": "two_way", "language_a": "en", "language_b": "es"}));
+        assert_eq!(
+            again["translation"],
+            json!({"type": "two_way", "language_a": "en", "language_b": "es"})
+        );
         assert_eq!(again["context"], json!({"terms": ["Celebrex"]}));
         assert!(again.get("api_key").is_none());
         assert!(!format!("{:?}", RedactedStart(&parsed)).contains("client-key"));
 
-        let mp3 = start(json!({"model": "stt-rt-v5", "audio_format": "mp3", "sample_rate": null})).unwrap();
+        let mp3 = start(json!({"model": "stt-rt-v5", "audio_format": "mp3", "sample_rate": null}))
+            .unwrap();
         assert_eq!(mp3.audio, AudioFormat::container("mp3"));
-        let legacy = start(json!({"model": "m", "audio_format": "auto", "enable_non_final_tokens": false})).unwrap();
+        let legacy =
+            start(json!({"model": "m", "audio_format": "auto", "enable_non_final_tokens": false}))
+                .unwrap();
         assert!(!legacy.partials);
     }
 
@@ -1420,7 +1529,10 @@ mod tests {
             v
         };
         assert_eq!(message(json!({"model": "stt-rt-v5"})), MSG_MISSING_FORMAT);
-        assert_eq!(message(base(json!({"audio_format": "avi"}))), "Invalid audio data format: avi");
+        assert_eq!(
+            message(base(json!({"audio_format": "avi"}))),
+            "Invalid audio data format: avi"
+        );
         assert_eq!(
             message(base(json!({"sample_rate": null}))),
             "Audio data sample rate must be specified for PCM formats"
@@ -1429,15 +1541,30 @@ mod tests {
             message(base(json!({"num_channels": 0}))),
             "Audio data channels must be specified for PCM formats"
         );
-        assert_eq!(message(base(json!({"model": null}))), "Invalid model specified.");
-        assert_eq!(message(base(json!({"language_hints": "en"}))), "Start request is malformed.");
-        assert_eq!(message(base(json!({"enable_endpoint_detection": "yes"}))), "Start request is malformed.");
-        assert_eq!(message(base(json!({"api_key": 5}))), "Start request is malformed.");
+        assert_eq!(
+            message(base(json!({"model": null}))),
+            "Invalid model specified."
+        );
+        assert_eq!(
+            message(base(json!({"language_hints": "en"}))),
+            "Start request is malformed."
+        );
+        assert_eq!(
+            message(base(json!({"enable_endpoint_detection": "yes"}))),
+            "Start request is malformed."
+        );
+        assert_eq!(
+            message(base(json!({"api_key": 5}))),
+            "Start request is malformed."
+        );
         assert_eq!(
             message(base(json!({"translation": {"type": "one_way"}}))),
             "Invalid translation target language."
         );
-        assert_eq!(message(base(json!({"context": 3}))), "Start request is malformed.");
+        assert_eq!(
+            message(base(json!({"context": 3}))),
+            "Start request is malformed."
+        );
         assert!(parse_start_object("[1]").is_err() && parse_start_object("{").is_err());
     }
 
@@ -1445,7 +1572,10 @@ mod tests {
     fn control_messages() {
         assert_eq!(parse_control(""), Control::EndOfAudio);
         assert_eq!(parse_control(r#"{"type":"keepalive"}"#), Control::Keepalive);
-        assert_eq!(parse_control(r#"{"type":"finalize","trailing_silence_ms":300}"#), Control::Finalize);
+        assert_eq!(
+            parse_control(r#"{"type":"finalize","trailing_silence_ms":300}"#),
+            Control::Finalize
+        );
         assert_eq!(
             parse_control(r#"{"type":"stop"}"#),
             Control::Invalid(SonioxError::bad_request("Control request invalid type."))
@@ -1482,26 +1612,50 @@ mod tests {
     #[test]
     fn batches_fold_into_soniox_responses() {
         let mut t = Transcript::default();
-        let (frame, end) = t.fold([
-            Event::Partial {
-                text: " a b".into(),
-                tokens: vec![token(" a", 0, false), token(" b", 200, false)],
-            },
-        ]);
+        let (frame, end) = t.fold([Event::Partial {
+            text: " a b".into(),
+            tokens: vec![token(" a", 0, false), token(" b", 200, false)],
+        }]);
         let frame = frame.unwrap();
         assert_eq!(end, None);
         assert_eq!(frame["tokens"].as_array().unwrap().len(), 2);
-        assert_eq!((frame["final_audio_proc_ms"].as_u64(), frame["total_audio_proc_ms"].as_u64()), (Some(0), Some(300)));
-        assert!(frame["tokens"][0].get("upstream").is_none(), "sttpipe's own field is dropped");
+        assert_eq!(
+            (
+                frame["final_audio_proc_ms"].as_u64(),
+                frame["total_audio_proc_ms"].as_u64()
+            ),
+            (Some(0), Some(300))
+        );
+        assert!(
+            frame["tokens"][0].get("upstream").is_none(),
+            "sttpipe's own field is dropped"
+        );
 
         // " a" became final and `<fin>` came, but the emptied partial is in the
         // next batch: the stale " a" must not show as non-final too.
-        let (frame, _) = t.fold([Event::Token(token(" a", 0, true)), Event::Finalized { end_ms: Some(100) }]);
+        let (frame, _) = t.fold([
+            Event::Token(token(" a", 0, true)),
+            Event::Finalized { end_ms: Some(100) },
+        ]);
         let frame = frame.unwrap();
-        let texts: Vec<&str> = frame["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+        let texts: Vec<&str> = frame["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["text"].as_str().unwrap())
+            .collect();
         assert_eq!(texts, [" a", "<fin>", " b"]);
-        assert_eq!(frame["tokens"][1], json!({"text": "<fin>", "is_final": true}));
-        assert_eq!((frame["final_audio_proc_ms"].as_u64(), frame["total_audio_proc_ms"].as_u64()), (Some(100), Some(300)));
+        assert_eq!(
+            frame["tokens"][1],
+            json!({"text": "<fin>", "is_final": true})
+        );
+        assert_eq!(
+            (
+                frame["final_audio_proc_ms"].as_u64(),
+                frame["total_audio_proc_ms"].as_u64()
+            ),
+            (Some(100), Some(300))
+        );
 
         let (frame, _) = t.fold([Event::Start {
             session_id: "s".into(),
@@ -1514,14 +1668,25 @@ mod tests {
 
         let (frame, end) = t.fold([
             Event::Token(token(" b", 200, true)),
-            Event::Partial { text: String::new(), tokens: vec![] },
-            Event::End { audio_ms: 1000, tokens: 2, duration_ms: 5, reason: "eof".into() },
+            Event::Partial {
+                text: String::new(),
+                tokens: vec![],
+            },
+            Event::End {
+                audio_ms: 1000,
+                tokens: 2,
+                duration_ms: 5,
+                reason: "eof".into(),
+            },
         ]);
         let frame = frame.unwrap();
         assert_eq!(frame["tokens"].as_array().unwrap().len(), 1);
         assert_eq!(end, Some(Terminal::End { audio_ms: 1000 }));
         let finished = t.finished(1000);
-        assert_eq!(finished, json!({"tokens": [], "final_audio_proc_ms": 1000, "total_audio_proc_ms": 1000, "finished": true}));
+        assert_eq!(
+            finished,
+            json!({"tokens": [], "final_audio_proc_ms": 1000, "total_audio_proc_ms": 1000, "finished": true})
+        );
     }
 
     #[test]
@@ -1531,19 +1696,40 @@ mod tests {
             error_type: Some("service_unavailable".into()),
             message: "Cannot continue request (code 4).".into(),
         };
-        let frame: Value = serde_json::from_str(&SonioxError::from_error(&service).to_json("r1")).unwrap();
+        let frame: Value =
+            serde_json::from_str(&SonioxError::from_error(&service).to_json("r1")).unwrap();
         assert_eq!(frame["error_code"], 503);
         assert_eq!(frame["error_message"], "Cannot continue request (code 4).");
-        assert_eq!(frame["more_info"], "https://soniox.com/docs/api-reference/errors#service-unavailable");
+        assert_eq!(
+            frame["more_info"],
+            "https://soniox.com/docs/api-reference/errors#service-unavailable"
+        );
         assert_eq!(frame["request_id"], "r1");
         let busy = SonioxError::from_error(&Error::Busy("full".into()));
-        assert_eq!((busy.code, busy.error_type.as_ref()), (429, "limit_exceeded"));
+        assert_eq!(
+            (busy.code, busy.error_type.as_ref()),
+            (429, "limit_exceeded")
+        );
         let forbidden = SonioxError::from_error(&Error::Forbidden("no".into()));
-        assert_eq!((forbidden.code, forbidden.error_type.as_ref()), (403, "permission_denied"));
+        assert_eq!(
+            (forbidden.code, forbidden.error_type.as_ref()),
+            (403, "permission_denied")
+        );
         let usage = SonioxError::from_error(&Error::Usage("bad".into()));
-        assert_eq!((usage.code, usage.error_type.as_ref()), (400, "invalid_request"));
-        let upstream_key = Error::Service { code: 401, error_type: None, message: "Invalid API key.".into() };
-        assert_eq!(SonioxError::from_error(&upstream_key).code, 500, "the daemon's key, not the client's");
+        assert_eq!(
+            (usage.code, usage.error_type.as_ref()),
+            (400, "invalid_request")
+        );
+        let upstream_key = Error::Service {
+            code: 401,
+            error_type: None,
+            message: "Invalid API key.".into(),
+        };
+        assert_eq!(
+            SonioxError::from_error(&upstream_key).code,
+            500,
+            "the daemon's key, not the client's"
+        );
         assert_eq!(SonioxError::from_event("busy", None, "x").code, 429);
         assert_eq!(SonioxError::from_event("service", Some(402), "x").code, 402);
     }
