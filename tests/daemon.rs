@@ -50,7 +50,7 @@ impl Daemon {
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
-            .args(["--warm-pool", "0", "--config", "/dev/null"])
+            .args(["--warm-pool", "0"])
             .args(args)
             .env("SONIOX_WS_URL", emulator.url())
             .env("SONIOX_API_KEY", KEY)
@@ -59,6 +59,10 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // No settings file from the machine, unless the test brings one.
+        if !args.contains(&"--config") {
+            command.args(["--config", "/dev/null"]);
+        }
         let child = command.spawn().expect("start the daemon");
         let daemon = Daemon {
             child,
@@ -626,4 +630,42 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(program))
         .find(|path| path.exists())
+}
+
+/// SIGHUP rereads the settings file (and the key) without dropping the
+/// sessions in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_limits_without_dropping_sessions() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let settings = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(settings.path(), "max_upstream = 1\nqueue = 5\n").unwrap();
+    let settings_path = settings.path().to_str().unwrap().to_owned();
+    let daemon = Daemon::start(&emulator, &["--config", &settings_path]).await;
+    assert_eq!(daemon.status().await["upstream"]["limit"], 1);
+    let socket = daemon.socket.clone();
+    let words = client_words(5, 10);
+    let audio = marker::encode(&words, 4_500, 16_000, 1);
+    let running = tokio::spawn(async move { raw_session(&socket, &header(), &audio).await });
+    util::wait_for(Duration::from_secs(10), "the session streams", || {
+        emulator.active_sessions() == 1
+    })
+    .await;
+    std::fs::write(settings.path(), "max_upstream = 3\nqueue = 5\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    daemon.expect_notification("RELOADING=1").await;
+    daemon
+        .wait_status("the new limit", |s| s["upstream"]["limit"] == 3)
+        .await;
+    let events = running.await.unwrap();
+    assert_eq!(
+        util::final_words(&events),
+        util::expected(&words),
+        "the session went on"
+    );
+    assert_eq!(emulator.sessions().len(), 1);
+    assert_eq!(daemon.terminate().await.code(), Some(0));
 }
