@@ -8,17 +8,14 @@
 //! `start_ms` is exact. Every wait is on an event (a frame, a log line, an
 //! emulator state) and bounded by [`WAIT`].
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sttpipe::emulator::marker::Word;
 use sttpipe::emulator::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
-use tokio::process::Child;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -26,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::util::{self, KEY};
+use crate::util;
 
 /// How many times faster than real time the daemon and the emulator run.
 const PACE: f64 = 8.0;
@@ -37,108 +34,13 @@ const CHUNK: usize = 3200;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A running `sttpipe serve`.
-struct Daemon {
-    _child: Child,
-    port: u16,
-    socket: PathBuf,
-    /// Everything it logged so far (at debug level).
-    logs: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
+/// A running `sttpipe serve` with its WebSocket endpoint.
+type Daemon = util::WsDaemon;
 
-impl Daemon {
-    fn url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    /// `sttpipe status` over the Unix socket.
-    async fn status(&self) -> Value {
-        status(&self.socket).await
-    }
-}
-
-async fn status(socket: &Path) -> Value {
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .expect("connect to the daemon");
-    stream
-        .write_all(b"{\"command\":\"status\"}\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
-        .await
-        .expect("status within the bound")
-        .unwrap();
-    serde_json::from_str(text.lines().next().unwrap_or_default()).expect("status is JSON")
-}
-
-/// Starts the daemon against `emulator`, with extra `serve` flags; returns
-/// once it listens on the WebSocket endpoint.
+/// Starts the daemon against `emulator`, with extra `serve` flags, [`PACE`]
+/// times faster; returns once it listens on the WebSocket endpoint.
 async fn daemon(emulator: &Emulator, extra: &[&str]) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("s.sock");
-    let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
-    command
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .args(["--ws-listen", "127.0.0.1:0", "--warm-pool", "0"])
-        .args(extra)
-        .env("STTPIPE_PACE_FACTOR", PACE.to_string())
-        .env("RUST_LOG", "debug");
-    let mut child = util::spawn(command);
-    let stderr = child.stderr.take().expect("stderr piped");
-    let logs = Arc::new(Mutex::new(String::new()));
-    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-    // Drains stderr for the whole run (a full pipe would block the daemon)
-    // and reports the port from the line that says where it listens.
-    tokio::spawn({
-        let logs = logs.clone();
-        async move {
-            let mut port_tx = Some(port_tx);
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("serving the Soniox WebSocket protocol")
-                    && let Some(port) = port_in(&line)
-                    && let Some(tx) = port_tx.take()
-                {
-                    let _ = tx.send(port);
-                }
-                let mut logs = logs.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        }
-    });
-    let port = match tokio::time::timeout(WAIT, port_rx).await {
-        Ok(Ok(port)) => port,
-        _ => panic!(
-            "the daemon did not start listening:\n{}",
-            logs.lock().unwrap()
-        ),
-    };
-    Daemon {
-        _child: child,
-        port,
-        socket,
-        logs,
-        _dir: dir,
-    }
-}
-
-/// The port in a log line like `addr=Some(127.0.0.1:41234)`.
-fn port_in(line: &str) -> Option<u16> {
-    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    util::ws_daemon(emulator, extra, PACE).await
 }
 
 /// The emulator's defaults, [`PACE`] times faster.

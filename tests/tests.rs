@@ -21,3 +21,7 @@ mod tls;
 mod daemon;
 // The Soniox-compatible WebSocket endpoint.
 mod proxy;
+// The browser page in headless Chromium, with a fake microphone.
+mod browser;
+// The official Soniox Python SDK against the WebSocket endpoint.
+mod sdk;

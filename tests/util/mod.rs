@@ -201,3 +201,128 @@ pub async fn wait_for(bound: Duration, what: &str, mut condition: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// `sttpipe serve` with its Soniox-compatible WebSocket endpoint, shared by the
+// tests that speak to it (the proxy's, the browser page's, the Python SDK's).
+
+/// Bound on the daemon's start and on a `status` answer.
+const WS_DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// A running `sttpipe serve --ws-listen 127.0.0.1:0`; killed when dropped.
+pub struct WsDaemon {
+    _child: Child,
+    /// The WebSocket endpoint's port.
+    pub port: u16,
+    /// The daemon's Unix socket.
+    pub socket: std::path::PathBuf,
+    /// Everything it logged so far (at debug level).
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl WsDaemon {
+    /// `ws://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// `sttpipe status` over the Unix socket.
+    pub async fn status(&self) -> Value {
+        daemon_status(&self.socket).await
+    }
+}
+
+/// The daemon's `status` answer on `socket`.
+pub async fn daemon_status(socket: &Path) -> Value {
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect to the daemon");
+    stream
+        .write_all(b"{\"command\":\"status\"}\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WS_DAEMON_WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("status within the bound")
+        .unwrap();
+    serde_json::from_str(text.lines().next().unwrap_or_default()).expect("status is JSON")
+}
+
+/// Starts `sttpipe serve` against `emulator` with the WebSocket endpoint on a
+/// free loopback port, extra `serve` flags, and `STTPIPE_PACE_FACTOR=pace`;
+/// returns once it listens there (it logs the port it got).
+pub async fn ws_daemon(emulator: &Emulator, extra: &[&str], pace: f64) -> WsDaemon {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut command = sttpipe(Some(&emulator.url()), Some(KEY));
+    command
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .args(["--ws-listen", "127.0.0.1:0", "--warm-pool", "0"])
+        .args(extra)
+        .env("STTPIPE_PACE_FACTOR", pace.to_string())
+        .env("RUST_LOG", "debug");
+    let mut child = spawn(command);
+    let stderr = child.stderr.take().expect("stderr piped");
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+    // Drains stderr for the whole run (a full pipe would block the daemon)
+    // and reports the port from the line that says where it listens.
+    tokio::spawn({
+        let logs = logs.clone();
+        async move {
+            let mut port_tx = Some(port_tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("serving the Soniox WebSocket protocol")
+                    && let Some(port) = loopback_port_in(&line)
+                    && let Some(tx) = port_tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+                let mut logs = logs.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        }
+    });
+    let port = match tokio::time::timeout(WS_DAEMON_WAIT, port_rx).await {
+        Ok(Ok(port)) => port,
+        _ => panic!(
+            "the daemon did not start listening:\n{}",
+            logs.lock().unwrap()
+        ),
+    };
+    WsDaemon {
+        _child: child,
+        port,
+        socket,
+        logs,
+        _dir: dir,
+    }
+}
+
+/// The port in a log line like `addr=Some(127.0.0.1:41234)`.
+fn loopback_port_in(line: &str) -> Option<u16> {
+    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// `program` in a directory of `PATH`, if it is there.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
