@@ -29,6 +29,8 @@
 //! * [`filter`]: the filter front end: wiring, signals, exit status.
 //! * [`error`]: errors, exit statuses, `error` events.
 //! * [`emulator`]: a Soniox server emulator for tests, benchmarks and demos.
+//! * `soniox_wire`: the protocol vocabulary the emulator and the daemon's
+//!   Soniox endpoint share (error catalogue and frames, start-request fields).
 //!
 //! Every channel is bounded: a slow consumer slows the session, which slows
 //! the reader, which leaves the input unread, which (for a pipe) slows the
@@ -51,4 +53,5 @@ pub mod pacer;
 pub mod replay;
 pub mod retry;
 pub mod session;
+mod soniox_wire;
 pub mod systemd;

@@ -52,12 +52,16 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::{Peer, Progress, State};
 use super::{Shared, admit};
-use crate::audio::{self, AudioFormat};
+use crate::audio::AudioFormat;
 use crate::cli::Opts;
 use crate::config::{RecognitionOptions, SessionConfig, Translation};
 use crate::error::Error;
 use crate::event::{Event, Token};
 use crate::session::{self, SessionInput, Summary};
+use crate::soniox_wire::{self as wire, ApiError, opt_bool, opt_str, parse_start_object};
+// Named by the tests.
+#[cfg(test)]
+use crate::soniox_wire::MSG_MISSING_FORMAT;
 
 /// The browser page served at `GET /`.
 const PAGE: &str = include_str!("page.html");
@@ -95,8 +99,6 @@ const REMOTE_PEER: Peer = Peer {
     gid: u32::MAX,
     pid: None,
 };
-/// Soniox's message for a start request without `audio_format` (§8.1).
-const MSG_MISSING_FORMAT: &str = "Missing audio format. Specify a valid audio format (e.g. s16le, f32le, wav, ogg, flac...) or \"auto\" for auto format detection.";
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -437,7 +439,9 @@ async fn respond_page(stream: &mut TcpStream, body: &[u8], length: usize) {
 // ---------------------------------------------------------------------------
 // Soniox errors.
 
-/// A Soniox error frame (§7.5).
+/// A Soniox error frame (§7.5) for the client: one from the catalogue
+/// ([`ApiError`]), or one relayed from the service, whose `error_type` may be
+/// any string, hence owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SonioxError {
     code: u16,
@@ -449,17 +453,13 @@ impl SonioxError {
     fn new(code: u16, message: impl Into<Cow<'static, str>>) -> SonioxError {
         SonioxError {
             code,
-            error_type: Cow::Borrowed(default_error_type(code)),
+            error_type: Cow::Borrowed(wire::error_type_for(code)),
             message: message.into(),
         }
     }
 
     fn bad_request(message: impl Into<Cow<'static, str>>) -> SonioxError {
         SonioxError::new(400, message)
-    }
-
-    fn malformed_start() -> SonioxError {
-        SonioxError::bad_request("Start request is malformed.")
     }
 
     /// The frame for an error that ended a session.
@@ -479,7 +479,7 @@ impl SonioxError {
                 code: *code,
                 error_type: error_type
                     .clone()
-                    .map_or(Cow::Borrowed(default_error_type(*code)), Cow::Owned),
+                    .map_or(Cow::Borrowed(wire::error_type_for(*code)), Cow::Owned),
                 message: Cow::Owned(message.clone()),
             },
             Error::RetryBudgetSpent { last, .. } if matches!(**last, Error::Service { .. }) => {
@@ -509,73 +509,22 @@ impl SonioxError {
     }
 
     fn to_json(&self, request_id: &str) -> String {
-        let anchor = self.error_type.replace('_', "-");
-        json!({
-            "error_code": self.code,
-            "error_type": self.error_type,
-            "error_message": self.message,
-            "more_info": format!("https://soniox.com/docs/api-reference/errors#{anchor}"),
-            "request_id": request_id,
-        })
-        .to_string()
+        wire::error_frame(self.code, &self.error_type, &self.message, request_id)
     }
 }
 
-/// Soniox's `error_type` for a status code (§8.2).
-fn default_error_type(code: u16) -> &'static str {
-    match code {
-        400 => "invalid_request",
-        401 => "unauthenticated",
-        402 => "organization_balance_exhausted",
-        403 => "permission_denied",
-        408 => "request_timeout",
-        429 => "limit_exceeded",
-        503 => "service_unavailable",
-        _ => "internal_error",
+impl From<ApiError> for SonioxError {
+    fn from(err: ApiError) -> SonioxError {
+        SonioxError {
+            code: err.code,
+            error_type: Cow::Borrowed(err.error_type),
+            message: Cow::Owned(err.message),
+        }
     }
 }
 
 // ---------------------------------------------------------------------------
 // The start request.
-
-/// A field that is absent or `null` (both mean "not set", §4.2).
-fn field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).filter(|v| !v.is_null())
-}
-
-fn opt_str<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, SonioxError> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(SonioxError::malformed_start()),
-    }
-}
-
-fn opt_bool(map: &Map<String, Value>, key: &str) -> Result<bool, SonioxError> {
-    match field(map, key) {
-        None => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(SonioxError::malformed_start()),
-    }
-}
-
-/// A whole number field; `Ok(None)` when absent. Other numbers (fractions,
-/// negatives, huge values) are `Err(true)`; non-numbers `Err(false)`.
-fn opt_whole(map: &Map<String, Value>, key: &str) -> Result<Option<u64>, bool> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) => Ok(Some(v)),
-            None => match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => {
-                    Ok(Some(f as u64))
-                }
-                _ => Err(true),
-            },
-        },
-        Some(_) => Err(false),
-    }
-}
 
 /// What a start request asks for. No `Debug`: it holds the client's key;
 /// logs use [`RedactedStart`].
@@ -600,79 +549,44 @@ impl std::fmt::Debug for RedactedStart<'_> {
     }
 }
 
-/// The JSON object of a start request, or 400 `Start request is malformed.`.
-fn parse_start_object(text: &str) -> Result<Map<String, Value>, SonioxError> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(SonioxError::malformed_start()),
-    }
-}
-
 /// Turns a start request into session settings: the inverse of
 /// [`crate::engine::soniox::start_request`]. Checks what the daemon itself
 /// needs (JSON types, the audio format); what only the service knows (model
 /// names, languages, context length) is left to it, and its error frame is
 /// relayed.
 fn parse_start(map: &Map<String, Value>) -> Result<StartRequest, SonioxError> {
-    let api_key = opt_str(map, "api_key")?.map(str::to_owned);
-    // Soniox answers a missing model as it does an unknown one (§4.2).
-    let model = match field(map, "model") {
-        Some(Value::String(model)) => model.clone(),
-        _ => {
-            return Err(SonioxError {
-                code: 400,
-                error_type: Cow::Borrowed("model_not_available"),
-                message: Cow::Borrowed("Invalid model specified."),
-            });
-        }
-    };
+    let api_key = wire::start_api_key(map)?;
+    let model = wire::model(map)?.to_owned();
     let audio = parse_audio_format(map)?;
-    let language_hints = match field(map, "language_hints") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(code) => Ok(code.clone()),
-                _ => Err(SonioxError::bad_request("Invalid language hint.")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(SonioxError::malformed_start()),
-    };
-    let context = match field(map, "context") {
-        None => None,
-        Some(value @ (Value::String(_) | Value::Object(_))) => Some(value.clone()),
-        Some(_) => return Err(SonioxError::malformed_start()),
-    };
-    let max_endpoint_delay_ms = match opt_whole(map, "max_endpoint_delay_ms") {
-        Ok(ms) => ms.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
-        // The real message for an out-of-range delay is undocumented; the
-        // service would refuse it, and this one never reaches it.
-        Err(true) => {
-            return Err(SonioxError::bad_request(
-                "Invalid max_endpoint_delay_ms: must be an integer between 500 and 3000.",
-            ));
-        }
-        Err(false) => return Err(SonioxError::malformed_start()),
-    };
-    let translation = match field(map, "translation") {
-        None => None,
-        Some(Value::Object(t)) => Some(parse_translation(t)?),
-        Some(_) => return Err(SonioxError::malformed_start()),
-    };
-    let partials = match field(map, "enable_non_final_tokens") {
-        None => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(SonioxError::malformed_start()),
-    };
+    let language_hints = wire::language_hints(map)?
+        .map(|hint| hint.map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    let context = wire::context(map)?.cloned();
+    // Only the form is checked: the range is the service's to refuse.
+    let max_endpoint_delay_ms =
+        wire::max_endpoint_delay_ms(map)?.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
+    let translation = wire::translation(map)?.map(|t| match t {
+        wire::TranslationRequest::OneWay { target_language } => Translation::OneWay {
+            target_language: target_language.to_owned(),
+        },
+        wire::TranslationRequest::TwoWay {
+            language_a,
+            language_b,
+        } => Translation::TwoWay {
+            language_a: language_a.to_owned(),
+            language_b: language_b.to_owned(),
+        },
+    });
+    let partials = opt_bool(map, "enable_non_final_tokens")?.unwrap_or(true);
     Ok(StartRequest {
         recognition: RecognitionOptions {
             model,
             language_hints,
-            language_hints_strict: opt_bool(map, "language_hints_strict")?,
+            language_hints_strict: opt_bool(map, "language_hints_strict")?.unwrap_or(false),
             context,
-            diarize: opt_bool(map, "enable_speaker_diarization")?,
-            language_id: opt_bool(map, "enable_language_identification")?,
-            endpoint_detection: opt_bool(map, "enable_endpoint_detection")?,
+            diarize: opt_bool(map, "enable_speaker_diarization")?.unwrap_or(false),
+            language_id: opt_bool(map, "enable_language_identification")?.unwrap_or(false),
+            endpoint_detection: opt_bool(map, "enable_endpoint_detection")?.unwrap_or(false),
             max_endpoint_delay_ms,
             translation,
             client_reference_id: opt_str(map, "client_reference_id")?.map(str::to_owned),
@@ -683,73 +597,17 @@ fn parse_start(map: &Map<String, Value>) -> Result<StartRequest, SonioxError> {
     })
 }
 
-/// `audio_format`, `sample_rate` and `num_channels`.
-fn parse_audio_format(map: &Map<String, Value>) -> Result<AudioFormat, SonioxError> {
-    let name = match field(map, "audio_format") {
-        None => return Err(SonioxError::bad_request(MSG_MISSING_FORMAT)),
-        Some(Value::String(name)) => name.as_str(),
-        Some(other) => {
-            return Err(SonioxError::bad_request(format!(
-                "Invalid audio data format: {other}"
-            )));
-        }
-    };
-    // Soniox's own message suggests the short names (`s16le`); sttpipe
-    // knows the long ones, which the service takes too.
-    let long = format!("pcm_{name}");
-    let canonical = if audio::is_known_format(name) {
-        name
-    } else if !name.starts_with("pcm_") && audio::is_known_format(&long) {
-        long.as_str()
-    } else {
-        return Err(SonioxError::bad_request(format!(
-            "Invalid audio data format: {name}"
-        )));
-    };
-    let probe = AudioFormat::raw(canonical, 1, 1);
-    if !probe.is_raw() {
-        return Ok(AudioFormat::container(canonical));
+/// `audio_format`, `sample_rate` and `num_channels`, under the daemon's
+/// long format names (the service takes those too).
+fn parse_audio_format(map: &Map<String, Value>) -> Result<AudioFormat, ApiError> {
+    let name = wire::audio_format_name(map)?;
+    let long = wire::long_format_name(name).ok_or_else(|| ApiError::invalid_format(name))?;
+    if !AudioFormat::raw(&long, 1, 1).is_raw() {
+        return Ok(AudioFormat::container(&long));
     }
-    // Bounds as for the filter's --rate and --channels: outside them the
-    // value is as good as missing.
-    let rate = match opt_whole(map, "sample_rate") {
-        Ok(Some(rate)) if (1..=384_000).contains(&rate) => rate as u32,
-        Ok(_) | Err(true) => {
-            return Err(SonioxError::bad_request(
-                "Audio data sample rate must be specified for PCM formats",
-            ));
-        }
-        Err(false) => return Err(SonioxError::malformed_start()),
-    };
-    let channels = match opt_whole(map, "num_channels") {
-        Ok(Some(channels)) if (1..=32).contains(&channels) => channels as u16,
-        Ok(_) | Err(true) => {
-            return Err(SonioxError::bad_request(
-                "Audio data channels must be specified for PCM formats",
-            ));
-        }
-        Err(false) => return Err(SonioxError::malformed_start()),
-    };
-    Ok(AudioFormat::raw(canonical, rate, channels))
-}
-
-fn parse_translation(t: &Map<String, Value>) -> Result<Translation, SonioxError> {
-    let language = |key: &str| match field(t, key) {
-        Some(Value::String(code)) => Ok(code.clone()),
-        _ => Err(SonioxError::bad_request(
-            "Invalid translation target language.",
-        )),
-    };
-    match opt_str(t, "type")? {
-        Some("one_way") => Ok(Translation::OneWay {
-            target_language: language("target_language")?,
-        }),
-        Some("two_way") => Ok(Translation::TwoWay {
-            language_a: language("language_a")?,
-            language_b: language("language_b")?,
-        }),
-        _ => Err(SonioxError::malformed_start()),
-    }
+    // Bounds as for the filter's --rate and --channels.
+    let (rate, channels) = wire::raw_layout(map, 1..=384_000, 1..=32)?;
+    Ok(AudioFormat::raw(&long, rate, channels))
 }
 
 /// The session settings for a start request: the daemon's defaults and
@@ -831,36 +689,34 @@ async fn run_client(
     shared: &Arc<Shared>,
 ) {
     let timing = shared.timing();
-    // A key in the upgrade request can be refused before anything else.
-    if let (Some(token), Some(key)) = (&token, &upgrade_key)
-        && !key_matches(&key.key, token)
-    {
-        info!(source = key.source, "refused: wrong key");
-        client
-            .fail(&SonioxError::new(401, "Invalid API key."))
-            .await;
-        return;
-    }
+    // Even a wrong key in the upgrade request is refused only after the
+    // start request, as the real service does: Soniox SDKs send the start
+    // request first and only then read the answer, so they see the 401.
     let text = match wait_for_start(client, shared, timing.wall(START_TIMEOUT)).await {
         Start::Text(text) => text,
         Start::Gone => return,
     };
-    let start = parse_start_object(&text).and_then(|map| {
-        // The key check comes before the option checks: an unauthenticated
-        // client learns nothing about them.
-        let start_key = opt_str(&map, "api_key")?;
-        if let Some(token) = &token {
-            let presented = upgrade_key.as_ref().map(|k| k.key.as_str()).or(start_key);
-            match presented {
-                None => return Err(SonioxError::new(401, "Missing API key.")),
-                Some(key) if !key_matches(key, token) => {
-                    return Err(SonioxError::new(401, "Invalid API key."));
+    let start = parse_start_object(&text)
+        .map_err(SonioxError::from)
+        .and_then(|map| {
+            // The key check comes before the option checks: an unauthenticated
+            // client learns nothing about them.
+            let start_key = wire::start_api_key(&map)?;
+            if let Some(token) = &token {
+                let presented = upgrade_key
+                    .as_ref()
+                    .map(|k| k.key.as_str())
+                    .or(start_key.as_deref());
+                match presented {
+                    None => return Err(SonioxError::new(401, "Missing API key.")),
+                    Some(key) if !key_matches(key, token) => {
+                        return Err(SonioxError::new(401, "Invalid API key."));
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
             }
-        }
-        parse_start(&map)
-    });
+            parse_start(&map)
+        });
     let start = match start {
         Ok(start) => start,
         Err(err) => {

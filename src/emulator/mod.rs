@@ -2,8 +2,8 @@
 //! for offline tests, benchmarks and demos.
 //!
 //! This module owns everything about the fake server: the deterministic
-//! "speech" encoding ([`marker`]), the wire rules and error catalogue of the
-//! API, the fake recognizer that turns audio into token responses, and the
+//! "speech" encoding ([`marker`]), the server's wire rules (on the
+//! vocabulary shared with the proxy in `soniox_wire`), the fake recognizer that turns audio into token responses, and the
 //! WebSocket server with its fault knobs ([`Emulator`]).
 //!
 //! Behaviour follows `docs/soniox-protocol.md` (§3–§9, §12): auth by header,

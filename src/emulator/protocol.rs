@@ -1,18 +1,29 @@
-//! Wire-level rules of the emulated API: the error catalogue and the
-//! validation of start requests (§4 and §8 of the protocol notes).
+//! Wire-level rules of the emulated API: the validation of start requests
+//! as the real service does it (§4 of the protocol notes), and the errors
+//! the fault knobs inject.
 //!
-//! Messages quoted in §8.1 of the notes are reproduced byte for byte. A few
-//! checks have no documented message (endpoint tuning ranges, v5-only
-//! fields); their messages are the emulator's own and are marked as such.
+//! The vocabulary the emulator shares with the daemon's Soniox endpoint
+//! (the error catalogue and frame, the readers of start-request fields, the
+//! `audio_format` spelling rule) is [`crate::soniox_wire`]'s; this module
+//! adds the checks only the real service makes: known models and languages,
+//! lengths, ranges, and v5-only fields. Messages quoted in §8.1 of the notes
+//! are reproduced byte for byte. A few checks have no documented message
+//! (endpoint tuning ranges, v5-only fields); their messages are the
+//! emulator's own and are marked as such.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
-/// `error_message` of the 503 the real service sends when it drops a session.
-pub(crate) const MSG_CANNOT_CONTINUE: &str = "Cannot continue request (code 4). Please restart the request. Refer to: https://soniox.com/url/cannot-continue-request";
-/// `error_message` of a 500.
-pub(crate) const MSG_INTERNAL: &str = "The server had an error processing your request. Sorry about that! You can retry your request, or contact us through our support email support@soniox.com if you keep seeing this error.";
-/// The 400 sent when `audio_format` is absent.
-pub(crate) const MSG_MISSING_FORMAT: &str = "Missing audio format. Specify a valid audio format (e.g. s16le, f32le, wav, ogg, flac...) or \"auto\" for auto format detection.";
+use crate::soniox_wire::{self as wire, MSG_INTERNAL, opt_bool, opt_number, opt_str};
+// The rest of the emulator names the shared vocabulary through this module.
+pub(crate) use crate::soniox_wire::{
+    ApiError, MSG_CANNOT_CONTINUE, parse_start_object as parse_start, start_api_key,
+};
+// Names the tests (this module's and `emulator::tests`) still use; the
+// container list is crate::audio's now.
+#[cfg(test)]
+use crate::audio::CONTAINER_FORMATS as CONTAINERS;
+#[cfg(test)]
+pub(crate) use crate::soniox_wire::MSG_MISSING_FORMAT;
 
 /// Models the emulator accepts (§4.3).
 pub(crate) const MODELS: &[&str] = &[
@@ -26,11 +37,6 @@ pub(crate) const MODELS: &[&str] = &[
 
 /// Models that accept the v5 endpoint tuning fields.
 const V5_MODELS: &[&str] = &["stt-rt-v5"];
-
-/// Container formats, named explicitly or detected with `auto` (§4.4).
-const CONTAINERS: &[&str] = &[
-    "auto", "aac", "aiff", "amr", "asf", "flac", "mp3", "ogg", "wav", "webm",
-];
 
 /// ISO 639-1 codes of the languages Soniox lists as supported.
 const LANGUAGES: &[&str] = &[
@@ -50,37 +56,9 @@ pub(crate) fn is_language(code: &str) -> bool {
     LANGUAGES.contains(&code)
 }
 
-/// An error frame to send before closing the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ApiError {
-    /// HTTP-style status code (`error_code`).
-    pub(crate) code: u16,
-    /// Stable error type (`error_type`, §8.2).
-    pub(crate) error_type: &'static str,
-    /// Human-readable message (`error_message`, §8.1).
-    pub(crate) message: String,
-}
-
+// The fault knobs' errors. `ApiError` is the shared catalogue's type; which
+// error stands for a status code is the emulator's choice, so it is here.
 impl ApiError {
-    /// An error with explicit parts.
-    pub(crate) fn new(code: u16, error_type: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            error_type,
-            message: message.into(),
-        }
-    }
-
-    /// A 400 `invalid_request`.
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "invalid_request", message)
-    }
-
-    /// 400 `Start request is malformed.`
-    pub(crate) fn malformed_start() -> ApiError {
-        ApiError::bad_request("Start request is malformed.")
-    }
-
     /// The representative error for a status code, as used by the fault
     /// knobs: the message the real service sends most often with that code.
     pub(crate) fn canonical(code: u16) -> ApiError {
@@ -121,19 +99,6 @@ impl ApiError {
             c => ApiError::canonical(c),
         }
     }
-
-    /// The error frame as JSON text.
-    pub(crate) fn to_json(&self, request_id: &str) -> String {
-        let anchor = self.error_type.replace('_', "-");
-        serde_json::json!({
-            "error_code": self.code,
-            "error_type": self.error_type,
-            "error_message": self.message,
-            "more_info": format!("https://soniox.com/docs/api-reference/errors#{anchor}"),
-            "request_id": request_id,
-        })
-        .to_string()
-    }
 }
 
 /// How audio of the declared format is measured and recognised.
@@ -161,41 +126,17 @@ enum FormatKind {
     Container,
 }
 
-/// Parses an `audio_format` name; `None` if unknown.
+/// Parses an `audio_format` name, long or short; `None` if unknown.
 fn parse_format(name: &str) -> Option<FormatKind> {
-    if CONTAINERS.contains(&name) {
-        return Some(FormatKind::Container);
-    }
-    if name == "mulaw" || name == "alaw" {
-        return Some(FormatKind::Raw {
-            bytes_per_sample: 1,
-            s16le: false,
-        });
-    }
-    // `pcm_s16le` and the short `s16le` spelling are both accepted (§4.4).
-    let base = name.strip_prefix("pcm_").unwrap_or(name);
-    let mut chars = base.chars();
-    let kind = chars.next()?;
-    let rest = chars.as_str();
-    let digits_end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    let (bits, endian) = rest.split_at(digits_end);
-    let bits: u32 = bits.parse().ok()?;
-    let valid_bits = match kind {
-        's' | 'u' => matches!(bits, 8 | 16 | 24 | 32),
-        'f' => matches!(bits, 32 | 64),
-        _ => false,
-    };
-    // Byte order is mandatory except for 8-bit integer samples.
-    let valid_endian = match endian {
-        "le" | "be" => true,
-        "" => bits == 8 && kind != 'f',
-        _ => false,
-    };
-    (valid_bits && valid_endian).then_some(FormatKind::Raw {
-        bytes_per_sample: bits / 8,
-        s16le: kind == 's' && bits == 16 && endian == "le",
+    let long = wire::long_format_name(name)?;
+    let probe = crate::audio::AudioFormat::raw(&long, 1, 1);
+    Some(match probe.bytes_per_sample() {
+        Some(bytes) => FormatKind::Raw {
+            // At most 8 (pcm_f64), so the cast is exact.
+            bytes_per_sample: bytes as u32,
+            s16le: long == "pcm_s16le",
+        },
+        None => FormatKind::Container,
     })
 }
 
@@ -249,127 +190,49 @@ pub(crate) struct StartConfig {
     pub(crate) translation: Option<Translation>,
 }
 
-/// Parses the text of a start request into a JSON object.
-pub(crate) fn parse_start(text: &str) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::malformed_start()),
-    }
-}
-
-/// The deprecated `api_key` field of a start request, if present.
-pub(crate) fn start_api_key(map: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    opt_str(map, "api_key").map(|k| k.map(str::to_owned))
-}
-
-/// A field that is absent or explicitly `null` (both mean "not set").
-fn field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).filter(|v| !v.is_null())
-}
-
-fn opt_str<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::malformed_start()),
-    }
-}
-
-fn opt_bool(map: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::malformed_start()),
-    }
-}
-
-fn opt_number(map: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
-    match field(map, key) {
-        None => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(_) => Err(ApiError::malformed_start()),
-    }
-}
-
 /// Validates a start request (everything except authentication).
 pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, ApiError> {
-    let invalid_model = || ApiError::new(400, "model_not_available", "Invalid model specified.");
-    let model = match field(map, "model") {
-        Some(Value::String(m)) if MODELS.contains(&m.as_str()) => m.clone(),
-        _ => return Err(invalid_model()),
-    };
-    let is_v5 = V5_MODELS.contains(&model.as_str());
+    let model = wire::model(map)?;
+    if !MODELS.contains(&model) {
+        return Err(ApiError::invalid_model());
+    }
+    let is_v5 = V5_MODELS.contains(&model);
 
-    let format_name = match field(map, "audio_format") {
-        None => return Err(ApiError::bad_request(MSG_MISSING_FORMAT)),
-        Some(Value::String(s)) => s.as_str(),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid audio data format: {other}"
-            )));
-        }
-    };
+    let format_name = wire::audio_format_name(map)?;
     let format = match parse_format(format_name) {
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid audio data format: {format_name}"
-            )));
-        }
+        None => return Err(ApiError::invalid_format(format_name)),
         Some(FormatKind::Container) => AudioFormat::Container,
         Some(FormatKind::Raw {
             bytes_per_sample,
             s16le,
         }) => {
-            // Rates and channel counts outside sane bounds count as "not
-            // specified": the real bounds are undocumented.
-            let rate = opt_number(map, "sample_rate")?
-                .filter(|r| r.fract() == 0.0 && (1.0..=1_000_000.0).contains(r));
-            let Some(rate) = rate else {
-                return Err(ApiError::bad_request(
-                    "Audio data sample rate must be specified for PCM formats",
-                ));
-            };
-            let channels = opt_number(map, "num_channels")?
-                .filter(|c| c.fract() == 0.0 && (1.0..=64.0).contains(c));
-            let Some(channels) = channels else {
-                return Err(ApiError::bad_request(
-                    "Audio data channels must be specified for PCM formats",
-                ));
-            };
+            let (sample_rate, channels) = wire::raw_layout(map, 1..=1_000_000, 1..=64)?;
             AudioFormat::Raw {
                 bytes_per_sample,
-                // Both were checked to be whole numbers in range above.
-                sample_rate: rate as u32,
-                channels: channels as u16,
+                sample_rate,
+                channels,
                 s16le,
             }
         }
     };
 
-    if let Some(hints) = field(map, "language_hints") {
-        let Value::Array(hints) = hints else {
-            return Err(ApiError::malformed_start());
-        };
-        let mut seen: Vec<&str> = Vec::with_capacity(hints.len());
-        for h in hints {
-            match h {
-                Value::String(code) if is_language(code) => {
-                    if seen.contains(&code.as_str()) {
-                        return Err(ApiError::bad_request("Language hints must be unique."));
-                    }
-                    seen.push(code);
-                }
-                _ => return Err(ApiError::bad_request("Invalid language hint.")),
-            }
+    let mut seen: Vec<&str> = Vec::new();
+    for code in wire::language_hints(map)? {
+        let code = code?;
+        if !is_language(code) {
+            return Err(ApiError::invalid_language_hint());
         }
+        if seen.contains(&code) {
+            return Err(ApiError::bad_request("Language hints must be unique."));
+        }
+        seen.push(code);
     }
     opt_bool(map, "language_hints_strict")?;
 
-    if let Some(context) = field(map, "context") {
+    if let Some(context) = wire::context(map)? {
         let chars = match context {
             Value::String(s) => s.chars().count(),
-            Value::Object(_) => context.to_string().chars().count(),
-            _ => return Err(ApiError::malformed_start()),
+            _ => context.to_string().chars().count(),
         };
         if chars > MAX_CONTEXT_CHARS {
             return Err(ApiError::bad_request(
@@ -383,17 +246,11 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
     let endpoint_detection = opt_bool(map, "enable_endpoint_detection")?.unwrap_or(false);
     let non_final_tokens = opt_bool(map, "enable_non_final_tokens")?.unwrap_or(true);
 
-    let max_endpoint_delay_ms = match opt_number(map, "max_endpoint_delay_ms")? {
-        None => None,
-        Some(d) if d.fract() == 0.0 && (500.0..=3000.0).contains(&d) => Some(d as u64),
-        // Emulator's own message: the real one is undocumented.
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "Invalid max_endpoint_delay_ms: must be an integer between 500 and 3000.",
-            ));
-        }
-    };
-    if let Some(s) = opt_number(map, "endpoint_sensitivity")? {
+    let max_endpoint_delay_ms = wire::max_endpoint_delay_ms(map)?;
+    if max_endpoint_delay_ms.is_some_and(|d| !(500..=3000).contains(&d)) {
+        return Err(ApiError::invalid_endpoint_delay());
+    }
+    if let Some(s) = opt_number(map, "endpoint_sensitivity")?.and_then(Number::as_f64) {
         // Emulator's own messages: the real ones are undocumented.
         if !is_v5 {
             return Err(ApiError::bad_request(
@@ -406,7 +263,8 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
             ));
         }
     }
-    if let Some(l) = opt_number(map, "endpoint_latency_adjustment_level")? {
+    if let Some(l) = opt_number(map, "endpoint_latency_adjustment_level")?.and_then(Number::as_f64)
+    {
         if !is_v5 {
             return Err(ApiError::bad_request(
                 "Model does not support endpoint_latency_adjustment_level.",
@@ -426,14 +284,10 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
         ));
     }
 
-    let translation = match field(map, "translation") {
-        None => None,
-        Some(Value::Object(t)) => Some(parse_translation(t)?),
-        Some(_) => return Err(ApiError::malformed_start()),
-    };
+    let translation = wire::translation(map)?.map(known_languages).transpose()?;
 
     Ok(StartConfig {
-        model,
+        model: model.to_owned(),
         format,
         diarization,
         language_id,
@@ -444,27 +298,28 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
     })
 }
 
-/// Validates the `translation` object.
-fn parse_translation(t: &Map<String, Value>) -> Result<Translation, ApiError> {
-    let bad_language = || ApiError::bad_request("Invalid translation target language.");
-    let lang = |key: &str| -> Result<String, ApiError> {
-        match field(t, key) {
-            Some(Value::String(code)) if is_language(code) => Ok(code.clone()),
-            _ => Err(bad_language()),
-        }
+/// A translation whose languages the emulator knows (and, two-way,
+/// differ).
+fn known_languages(t: wire::TranslationRequest<'_>) -> Result<Translation, ApiError> {
+    let known = |code: &str| {
+        is_language(code)
+            .then(|| code.to_owned())
+            .ok_or_else(ApiError::invalid_translation_language)
     };
-    match opt_str(t, "type")? {
-        Some("one_way") => Ok(Translation::OneWay {
-            target: lang("target_language")?,
+    match t {
+        wire::TranslationRequest::OneWay { target_language } => Ok(Translation::OneWay {
+            target: known(target_language)?,
         }),
-        Some("two_way") => {
-            let (a, b) = (lang("language_a")?, lang("language_b")?);
+        wire::TranslationRequest::TwoWay {
+            language_a,
+            language_b,
+        } => {
+            let (a, b) = (known(language_a)?, known(language_b)?);
             if a == b {
-                return Err(bad_language());
+                return Err(ApiError::invalid_translation_language());
             }
             Ok(Translation::TwoWay { a, b })
         }
-        _ => Err(ApiError::malformed_start()),
     }
 }
 
