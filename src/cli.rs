@@ -159,6 +159,32 @@ pub struct Opts {
     #[arg(long, value_name = "ID", help_heading = "Recognition")]
     pub client_reference_id: Option<String>,
 
+    /// The recognition engine: the Soniox service, or Moonshine on this
+    /// machine (no key, no network; provision it with
+    /// scripts/fetch-local-engine).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENGINE",
+        default_value = "soniox",
+        help_heading = "Service"
+    )]
+    pub engine: EngineChoice,
+
+    /// Where the local engine's files are [default: the fetch script's
+    /// cache directory].
+    #[arg(long, value_name = "DIR", help_heading = "Service")]
+    pub model_dir: Option<PathBuf>,
+
+    /// The local engine's model: tiny-en (fast) or base-en (more accurate).
+    #[arg(
+        long,
+        value_name = "MODEL",
+        default_value = "tiny-en",
+        help_heading = "Service"
+    )]
+    pub local_model: String,
+
     /// Soniox region; the API key must belong to a project in it.
     #[arg(
         long,
@@ -350,6 +376,15 @@ pub enum OutputFormat {
     Ndjson,
     /// The transcript as text, a line per utterance.
     Text,
+}
+
+/// Recognition engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineChoice {
+    /// The Soniox real-time service.
+    Soniox,
+    /// Moonshine through sherpa-onnx, on this machine.
+    Local,
 }
 
 /// Soniox data-residency regions.

@@ -164,6 +164,13 @@ pub struct SessionConfig {
 pub enum Target {
     /// Straight to Soniox.
     Soniox(ServiceConfig),
+    /// The local engine: its files' directory (`None`: the default) and model.
+    Local {
+        /// `--model-dir`.
+        model_dir: Option<PathBuf>,
+        /// `--local-model`.
+        model: crate::engine::local::LocalModel,
+    },
     /// Through the sttpipe daemon at this socket.
     Daemon(PathBuf),
 }
@@ -193,9 +200,13 @@ impl FilterConfig {
         let format_explicit =
             opts.audio_format != "pcm_s16le" || opts.rate != 16_000 || opts.channels != 1;
         // Through a daemon, the daemon's key and endpoint serve.
-        let target = match &opts.connect {
-            Some(socket) => Target::Daemon(socket.clone()),
-            None => Target::Soniox(ServiceConfig {
+        let target = match (&opts.connect, opts.engine) {
+            (Some(socket), _) => Target::Daemon(socket.clone()),
+            (None, crate::cli::EngineChoice::Local) => Target::Local {
+                model_dir: opts.model_dir.clone(),
+                model: opts.local_model.parse()?,
+            },
+            (None, crate::cli::EngineChoice::Soniox) => Target::Soniox(ServiceConfig {
                 url: resolve_url(opts.url.as_deref(), opts.region)?,
                 api_key: load_api_key(opts.api_key_file.as_deref(), env)?,
                 ca_file: opts.ca_file.clone(),

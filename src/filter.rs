@@ -16,6 +16,7 @@ use tracing::{debug, info};
 use crate::client;
 use crate::config::{FilterConfig, Target};
 use crate::engine::Engine;
+use crate::engine::local::LocalEngine;
 use crate::engine::soniox::SonioxEngine;
 use crate::error::{EXIT_OK, EXIT_SOFTWARE, Error};
 use crate::event::Event;
@@ -32,6 +33,9 @@ pub enum Exit {
     /// the process killed by it (exit status 128+n in a shell).
     Signal(i32),
 }
+
+/// A lead so long that no input is ever held back.
+const UNPACED: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Session input queue: small, since the reader's own queue holds the audio.
 const SESSION_INPUT_QUEUE: usize = 4;
@@ -198,9 +202,20 @@ async fn prepare(
     let engine = match config.target {
         Target::Soniox(service) => Upstream::Engine(Engine::Soniox(SonioxEngine::new(service)?)),
         Target::Daemon(socket) => Upstream::Daemon(socket),
+        Target::Local { model_dir, model } => Upstream::Engine(Engine::Local(
+            LocalEngine::new(model_dir)?
+                .with_model(model)?
+                .with_partials(config.session.partials),
+        )),
     };
+    let mut session = config.session;
+    if matches!(engine, Upstream::Engine(Engine::Local(_))) {
+        // Real-time pace is the service's rule; the local engine takes a
+        // file as fast as it can decode it.
+        session.max_lead = UNPACED;
+    }
     let input = input::spawn(config.input)?;
-    Ok((engine, config.session, input))
+    Ok((engine, session, input))
 }
 
 /// Moves the reader's events into the session, adding a finalize for each

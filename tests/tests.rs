@@ -25,3 +25,5 @@ mod proxy;
 mod browser;
 // The official Soniox Python SDK against the WebSocket endpoint.
 mod sdk;
+// The offline engine on real speech.
+mod local;

@@ -9,9 +9,10 @@
 //! the engine. Dropping the command sender without [`EngineCommand::EndOfAudio`]
 //! abandons the upstream session.
 //!
-//! Today there is one engine, [`soniox`]; an offline one will join it as
-//! another [`Engine`] variant.
+//! Two engines: [`soniox`], the service, and [`local`], Moonshine on this
+//! machine.
 
+pub mod local;
 pub mod rate;
 pub mod soniox;
 
@@ -79,6 +80,8 @@ pub struct EngineLink {
 pub enum Engine {
     /// Soniox real-time over WebSocket.
     Soniox(soniox::SonioxEngine),
+    /// Moonshine through sherpa-onnx, on this machine: no key, no network.
+    Local(local::LocalEngine),
 }
 
 impl Engine {
@@ -90,6 +93,7 @@ impl Engine {
     ) -> Result<EngineLink> {
         match self {
             Engine::Soniox(engine) => engine.open(recognition, audio).await,
+            Engine::Local(engine) => engine.open(recognition, audio).await,
         }
     }
 }
