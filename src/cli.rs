@@ -171,6 +171,12 @@ pub struct Opts {
     )]
     pub engine: EngineChoice,
 
+    /// When Soniox cannot be reached from the start, or fails for good (the
+    /// retry budget spent), go on with the local engine from the first audio
+    /// no final token covers; a `fallback` event says so.
+    #[arg(long, value_enum, value_name = "ENGINE", help_heading = "Service")]
+    pub fallback: Option<FallbackChoice>,
+
     /// Where the local engine's files are [default: the fetch script's
     /// cache directory].
     #[arg(long, value_name = "DIR", help_heading = "Service")]
@@ -383,6 +389,13 @@ pub enum OutputFormat {
 pub enum EngineChoice {
     /// The Soniox real-time service.
     Soniox,
+    /// Moonshine through sherpa-onnx, on this machine.
+    Local,
+}
+
+/// Engines to fall back on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FallbackChoice {
     /// Moonshine through sherpa-onnx, on this machine.
     Local,
 }

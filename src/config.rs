@@ -157,6 +157,8 @@ pub struct SessionConfig {
     pub retry_budget: Duration,
     /// Time scale of pacing and every timer above.
     pub timing: Timing,
+    /// The engine to go on with when the service fails for good.
+    pub fallback: Option<crate::engine::Engine>,
 }
 
 /// Where the filter's audio goes.
@@ -186,6 +188,8 @@ pub struct FilterConfig {
     pub target: Target,
     /// Plain text instead of NDJSON.
     pub text_output: bool,
+    /// `--fallback local`: the local engine's directory and model.
+    pub fallback: Option<(Option<PathBuf>, crate::engine::local::LocalModel)>,
 }
 
 /// How far ahead of real time paced input may run (issue: "never more than 2 s").
@@ -229,6 +233,12 @@ impl FilterConfig {
             session,
             target,
             text_output: opts.format == crate::cli::OutputFormat::Text,
+            fallback: match opts.fallback {
+                Some(crate::cli::FallbackChoice::Local) => {
+                    Some((opts.model_dir.clone(), opts.local_model.parse()?))
+                }
+                None => None,
+            },
         })
     }
 }
@@ -258,6 +268,7 @@ impl SessionConfig {
             max_session: Duration::from_secs(opts.max_session),
             retry_budget: Duration::from_secs(opts.retry_budget),
             timing,
+            fallback: None,
         })
     }
 }

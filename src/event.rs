@@ -137,6 +137,17 @@ pub enum Event {
         /// 1-based place in the queue.
         position: usize,
     },
+    /// The service failed for good (unreachable from the start, or the
+    /// retry budget spent): the stream goes on with the local engine.
+    Fallback {
+        /// The engine now in use: `local`.
+        engine: String,
+        /// Where on the stream's timeline it took over (the first audio no
+        /// final token covered), ms.
+        from_ms: u64,
+        /// The service's failure, for people.
+        message: String,
+    },
     /// The stream failed; the process exits with `exit_code`.
     Error {
         /// Kind of failure: `config`, `service`, `connect`, `bad_audio`, …

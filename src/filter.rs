@@ -209,6 +209,13 @@ async fn prepare(
         )),
     };
     let mut session = config.session;
+    if let Some((model_dir, model)) = config.fallback {
+        session.fallback = Some(Engine::Local(
+            LocalEngine::new(model_dir)?
+                .with_model(model)?
+                .with_partials(session.partials),
+        ));
+    }
     if matches!(engine, Upstream::Engine(Engine::Local(_))) {
         // Real-time pace is the service's rule; the local engine takes a
         // file as fast as it can decode it.

@@ -231,6 +231,8 @@ struct Session<'a> {
     partial: Vec<Token>,
     last_audio_at: Instant,
     input_done: bool,
+    /// Whether the fallback engine took over (it happens once).
+    fell_back: bool,
 }
 
 impl<'a> Session<'a> {
@@ -269,6 +271,7 @@ impl<'a> Session<'a> {
             partial: Vec::new(),
             last_audio_at: now,
             input_done: false,
+            fell_back: false,
         }
     }
 
@@ -520,7 +523,7 @@ impl<'a> Session<'a> {
                     Some(Instant::now() + self.config.timing.wall(Duration::from_secs(1)));
                 return Ok(());
             }
-            Err(err) => return self.on_failure(err, false),
+            Err(err) => return self.on_failure(err, false).await,
         };
         self.reached = true;
         self.rotation_not_before = None;
@@ -592,7 +595,48 @@ impl<'a> Session<'a> {
     /// A failed upstream session or connection attempt: retry with backoff
     /// within the budget, or fail. `upstream_lost` says whether a working
     /// session just ended (its audio must be replayed).
-    fn on_failure(&mut self, err: Error, upstream_lost: bool) -> Result<(), Halt> {
+    async fn on_failure(&mut self, err: Error, upstream_lost: bool) -> Result<(), Halt> {
+        // Unreachable from the start: no point in a long retry when a local
+        // engine stands by.
+        let unreachable = !self.reached && matches!(err, Error::Connect { .. });
+        let outcome = if unreachable && self.config.fallback.is_some() && !self.fell_back {
+            Err(err)
+        } else {
+            self.retry_or_fail(err, upstream_lost)
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(err) => self.fall_back(err).await,
+        }
+    }
+
+    /// The service failed for good: go on with the fallback engine, if any,
+    /// from the first audio no final token covers (the replay buffer holds
+    /// it), or fail with `err`.
+    async fn fall_back(&mut self, err: Error) -> Result<(), Halt> {
+        let request_refused = matches!(err, Error::Usage(_) | Error::Service { code: 400, .. });
+        let Some(engine) = self.config.fallback.clone() else {
+            return Err(err.into());
+        };
+        if self.fell_back || request_refused {
+            return Err(err.into());
+        }
+        self.fell_back = true;
+        self.engine = engine;
+        self.outage = None;
+        self.retry_at = None;
+        let from_ms = self.ms_at(self.covered);
+        warn!(session = %self.session_id, error = %err, from_ms, "the service failed for good; going on with the local engine");
+        self.emit(Event::Fallback {
+            engine: "local".to_owned(),
+            from_ms,
+            message: err.to_string(),
+        })
+        .await
+    }
+
+    /// Schedules a retry within the budget, or says the failure is final.
+    fn retry_or_fail(&mut self, err: Error, upstream_lost: bool) -> Result<(), Error> {
         // A session that had answered failing starts a new outage, retried
         // at once (Soniox: "immediately start a new request"); otherwise
         // the outage goes on, backing off.
@@ -602,7 +646,7 @@ impl<'a> Session<'a> {
             fresh_failure = upstream.proven || self.outage.is_none();
         }
         if !err.is_retryable() {
-            return Err(err.into());
+            return Err(err);
         }
         if matches!(err, Error::Service { .. }) {
             self.reached = true;
@@ -640,8 +684,7 @@ impl<'a> Session<'a> {
                 budget_secs,
                 last: Box::new(err),
                 reached,
-            }
-            .into());
+            });
         }
         outage.last = err;
         self.retry_at = Some(now + delay);
@@ -719,13 +762,17 @@ impl<'a> Session<'a> {
                         ),
                         true,
                     )
+                    .await
                 }
             }
-            Some(EngineEvent::Failed(err)) => self.on_failure(err, true),
-            None => self.on_failure(
-                Error::Disconnected("the upstream session ended unexpectedly".into()),
-                true,
-            ),
+            Some(EngineEvent::Failed(err)) => self.on_failure(err, true).await,
+            None => {
+                self.on_failure(
+                    Error::Disconnected("the upstream session ended unexpectedly".into()),
+                    true,
+                )
+                .await
+            }
         }
     }
 

@@ -86,3 +86,38 @@ fn word_error_rate_counts_edits() {
     assert_eq!(word_error_rate("the birch canoe", "The birch canoe."), 0.0);
     assert!((word_error_rate("the birch canoe slid", "the birch can use slid") - 0.5).abs() < 1e-9);
 }
+
+/// `--fallback local`: with Soniox unreachable from the start, the stream
+/// goes on with the local engine from the first audio, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_service_falls_back_to_the_local_engine() {
+    if !engine_provisioned() {
+        return;
+    }
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let reference = std::fs::read_to_string(fixtures.join("speech-16k.txt")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/transcribe-websocket");
+    let mut command = util::sttpipe(Some(&url), Some(util::KEY));
+    command
+        .env("STTPIPE_PACE_FACTOR", "8")
+        .args(["--fallback", "local", "--input"])
+        .arg(fixtures.join("speech-16k.wav"));
+    let out = util::run(command, Vec::new()).await;
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let events = out.events();
+    assert_eq!(events[0]["type"], "fallback", "{events:?}");
+    assert_eq!(events[0]["engine"], "local");
+    assert_eq!(events[0]["from_ms"], 0);
+    let text: String = out
+        .of_type("token")
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert!(word_error_rate(&reference, &text) <= 0.20, "{text}");
+    assert_eq!(events.last().unwrap()["type"], "end");
+}

@@ -1178,7 +1178,8 @@ impl Transcript {
                 other @ (Event::Start { .. }
                 | Event::Queued { .. }
                 | Event::Reconnect { .. }
-                | Event::Overrun { .. }) => debug!(event = ?other, "not relayed"),
+                | Event::Overrun { .. }
+                | Event::Fallback { .. }) => debug!(event = ?other, "not relayed"),
             }
         }
         if tokens.is_empty() && !non_final_changed {
