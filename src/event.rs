@@ -23,8 +23,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One recognised piece of text, with Soniox's field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One recognised piece of text, with Soniox's field names. `Default` is an
+/// empty non-final token with no optional field set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Token {
     /// The text, with its leading space: concatenate as-is.
     pub text: String,
@@ -201,11 +202,7 @@ mod tests {
             end_ms: Some(760),
             confidence: Some(0.97),
             is_final: true,
-            speaker: None,
-            language: None,
-            translation_status: None,
-            source_language: None,
-            upstream: None,
+            ..Default::default()
         });
         assert_eq!(
             serde_json::to_string(&token).unwrap(),

@@ -204,11 +204,7 @@ mod tests {
             end_ms: Some(1),
             confidence: Some(0.9),
             is_final: true,
-            speaker: None,
-            language: None,
-            translation_status: None,
-            source_language: None,
-            upstream: None,
+            ..Default::default()
         })
     }
 

@@ -1458,11 +1458,8 @@ mod tests {
             end_ms: Some(start + 100),
             confidence: Some(0.9),
             is_final,
-            speaker: None,
-            language: None,
-            translation_status: None,
-            source_language: None,
             upstream: Some(1),
+            ..Default::default()
         }
     }
 

@@ -1190,13 +1190,9 @@ fn word_tokens(
             text: format!(" {word}"),
             start_ms: Some(at(cursor)),
             end_ms: Some(at(cursor + length)),
-            confidence: None,
             is_final,
-            speaker: None,
             language: language.map(str::to_owned),
-            translation_status: None,
-            source_language: None,
-            upstream: None,
+            ..Default::default()
         });
         cursor += length + 1;
     }
@@ -1207,15 +1203,8 @@ fn word_tokens(
 fn marker(text: &str) -> Token {
     Token {
         text: text.to_owned(),
-        start_ms: None,
-        end_ms: None,
-        confidence: None,
         is_final: true,
-        speaker: None,
-        language: None,
-        translation_status: None,
-        source_language: None,
-        upstream: None,
+        ..Default::default()
     }
 }
 
