@@ -176,7 +176,16 @@ async fn stream(
         .await
         .map(|_summary| ()),
         Upstream::Daemon(socket) => {
-            client::run(&socket, &session_config, session_rx, events, stop).await
+            let result =
+                client::run(&socket, &session_config, session_rx, events.clone(), stop).await;
+            // The daemon's own errors came as its events; ours (no daemon,
+            // a lost connection) need one too.
+            if let Err(err) = &result
+                && !matches!(err, Error::Remote { .. })
+            {
+                let _ = events.send(Event::error(err)).await;
+            }
+            result
         }
     };
     pump.abort();

@@ -669,3 +669,24 @@ async fn sighup_reloads_limits_without_dropping_sessions() {
     assert_eq!(emulator.sessions().len(), 1);
     assert_eq!(daemon.terminate().await.code(), Some(0));
 }
+
+/// `--connect` to a socket nobody listens on: one line, exit 69, and the
+/// `error` event every failure gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_a_daemon_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = util::sttpipe(None, None);
+    command.arg("--connect").arg(dir.path().join("absent.sock"));
+    let (_, audio) = util::marker_audio(1, 400, 800);
+    let out = util::run(command, audio).await;
+    assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("sttpipe: cannot reach "),
+        "{}",
+        out.stderr
+    );
+    let errors = out.of_type("error");
+    assert_eq!(errors.len(), 1, "{}", out.stdout);
+    assert_eq!(errors[0]["code"], "connect");
+}
