@@ -161,15 +161,10 @@ pub struct Opts {
 
     /// The recognition engine: the Soniox service, or Moonshine on this
     /// machine (no key, no network; provision it with
-    /// scripts/fetch-local-engine).
-    #[arg(
-        long,
-        value_enum,
-        value_name = "ENGINE",
-        default_value = "soniox",
-        help_heading = "Service"
-    )]
-    pub engine: EngineChoice,
+    /// scripts/fetch-local-engine). With --connect, asks the daemon for it
+    /// [default: soniox; with --connect, the daemon's].
+    #[arg(long, value_enum, value_name = "ENGINE", help_heading = "Service")]
+    pub engine: Option<EngineChoice>,
 
     /// When Soniox cannot be reached from the start, or fails for good (the
     /// retry budget spent), go on with the local engine from the first audio
@@ -359,6 +354,26 @@ pub struct ServeOpts {
     #[arg(long, value_name = "SECS")]
     pub header_timeout: Option<f64>,
 
+    /// The engine for sessions that do not ask for one: the Soniox service,
+    /// or Moonshine on this machine, loaded at start; with local, no API key
+    /// is needed [default: soniox].
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineChoice>,
+
+    /// When Soniox cannot be reached or fails for good, sessions go on with
+    /// the local engine (loaded at start).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub fallback: Option<FallbackChoice>,
+
+    /// Where the local engine's files are [default: the fetch script's
+    /// cache directory for the daemon's user].
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+
+    /// The local engine's model: tiny-en or base-en [default: tiny-en].
+    #[arg(long, value_name = "MODEL")]
+    pub local_model: Option<String>,
+
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -391,6 +406,16 @@ pub enum EngineChoice {
     Soniox,
     /// Moonshine through sherpa-onnx, on this machine.
     Local,
+}
+
+impl EngineChoice {
+    /// The name on the command line and in the socket protocol's header.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Soniox => "soniox",
+            EngineChoice::Local => "local",
+        }
+    }
 }
 
 /// Engines to fall back on.

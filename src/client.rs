@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::SessionConfig;
+use crate::config::{EngineRequest, SessionConfig};
 use crate::daemon::protocol;
 use crate::error::{EXIT_OK, Error, Result};
 use crate::event::Event;
@@ -40,13 +40,16 @@ async fn connect(socket: &Path) -> Result<UnixStream> {
 pub async fn run(
     socket: &Path,
     config: &SessionConfig,
+    engines: EngineRequest,
     mut input: mpsc::Receiver<SessionInput>,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) -> Result<()> {
     let stream = connect(socket).await?;
     let (read, mut write) = stream.into_split();
-    let mut header = protocol::header_for(config).to_string().into_bytes();
+    let mut header = protocol::header_for(config, engines)
+        .to_string()
+        .into_bytes();
     header.push(b'\n');
     let lost = |e: std::io::Error| Error::Disconnected(format!("the daemon: {e}"));
     // A daemon that refuses the session closes its end early: then writing

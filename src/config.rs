@@ -173,8 +173,18 @@ pub enum Target {
         /// `--local-model`.
         model: crate::engine::local::LocalModel,
     },
-    /// Through the sttpipe daemon at this socket.
-    Daemon(PathBuf),
+    /// Through the sttpipe daemon at this socket, asking for these engines.
+    Daemon(PathBuf, EngineRequest),
+}
+
+/// What a daemon client asks of the daemon's engines; what it leaves unset,
+/// the daemon decides. The local engine's files and model are the daemon's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineRequest {
+    /// `--engine`.
+    pub engine: Option<crate::cli::EngineChoice>,
+    /// `--fallback local`.
+    pub fallback_local: bool,
 }
 
 /// Everything the filter needs, resolved from the command line.
@@ -204,8 +214,15 @@ impl FilterConfig {
         let format_explicit =
             opts.audio_format != "pcm_s16le" || opts.rate != 16_000 || opts.channels != 1;
         // Through a daemon, the daemon's key and endpoint serve.
-        let target = match (&opts.connect, opts.engine) {
-            (Some(socket), _) => Target::Daemon(socket.clone()),
+        let engine = opts.engine.unwrap_or(crate::cli::EngineChoice::Soniox);
+        let target = match (&opts.connect, engine) {
+            (Some(socket), _) => Target::Daemon(
+                socket.clone(),
+                EngineRequest {
+                    engine: opts.engine,
+                    fallback_local: opts.fallback.is_some(),
+                },
+            ),
             (None, crate::cli::EngineChoice::Local) => Target::Local {
                 model_dir: opts.model_dir.clone(),
                 model: opts.local_model.parse()?,
@@ -233,7 +250,8 @@ impl FilterConfig {
             session,
             target,
             text_output: opts.format == crate::cli::OutputFormat::Text,
-            fallback: match opts.fallback {
+            // Through a daemon, the daemon's local engine serves.
+            fallback: match opts.fallback.filter(|_| opts.connect.is_none()) {
                 Some(crate::cli::FallbackChoice::Local) => {
                     Some((opts.model_dir.clone(), opts.local_model.parse()?))
                 }

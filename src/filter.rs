@@ -34,9 +34,6 @@ pub enum Exit {
     Signal(i32),
 }
 
-/// A lead so long that no input is ever held back.
-const UNPACED: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-
 /// Session input queue: small, since the reader's own queue holds the audio.
 const SESSION_INPUT_QUEUE: usize = 4;
 
@@ -175,9 +172,16 @@ async fn stream(
         )
         .await
         .map(|_summary| ()),
-        Upstream::Daemon(socket) => {
-            let result =
-                client::run(&socket, &session_config, session_rx, events.clone(), stop).await;
+        Upstream::Daemon(socket, engines) => {
+            let result = client::run(
+                &socket,
+                &session_config,
+                engines,
+                session_rx,
+                events.clone(),
+                stop,
+            )
+            .await;
             // The daemon's own errors came as its events; ours (no daemon,
             // a lost connection) need one too.
             if let Err(err) = &result
@@ -195,7 +199,7 @@ async fn stream(
 /// Where the session runs: here, on an engine, or in the daemon.
 enum Upstream {
     Engine(Engine),
-    Daemon(std::path::PathBuf),
+    Daemon(std::path::PathBuf, crate::config::EngineRequest),
 }
 
 async fn prepare(
@@ -210,7 +214,7 @@ async fn prepare(
 > {
     let engine = match config.target {
         Target::Soniox(service) => Upstream::Engine(Engine::Soniox(SonioxEngine::new(service)?)),
-        Target::Daemon(socket) => Upstream::Daemon(socket),
+        Target::Daemon(socket, engines) => Upstream::Daemon(socket, engines),
         Target::Local { model_dir, model } => Upstream::Engine(Engine::Local(
             LocalEngine::new(model_dir)?
                 .with_model(model)?
@@ -228,7 +232,7 @@ async fn prepare(
     if matches!(engine, Upstream::Engine(Engine::Local(_))) {
         // Real-time pace is the service's rule; the local engine takes a
         // file as fast as it can decode it.
-        session.max_lead = UNPACED;
+        session.max_lead = crate::session::UNPACED;
     }
     let input = input::spawn(config.input)?;
     Ok((engine, session, input))

@@ -53,6 +53,10 @@ const CONTAINER_BUFFER_BYTES: u64 = 8 << 20;
 /// The longest margin left before the service's session cap.
 const MAX_ROTATION_MARGIN: Duration = Duration::from_secs(600);
 
+/// A `max_lead` so long that no input is ever held back: for engines that
+/// take audio as fast as they decode it.
+pub const UNPACED: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What a front end feeds the session.
 #[derive(Debug)]
 pub enum SessionInput {

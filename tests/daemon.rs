@@ -30,6 +30,16 @@ impl Daemon {
     /// Starts `sttpipe serve` against `emulator` with `args`, and waits for
     /// READY=1.
     pub async fn start(emulator: &Emulator, args: &[&str]) -> Daemon {
+        Daemon::launch(Some((&emulator.url(), KEY)), args, &[]).await
+    }
+
+    /// Starts `sttpipe serve` with `args` and `env`, given the service's URL
+    /// and key (`None`: neither), and waits for READY=1.
+    pub async fn launch(
+        service: Option<(&str, &str)>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("sttpipe.sock");
         let notify_path = dir.path().join("notify.sock");
@@ -38,6 +48,7 @@ impl Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sttpipe"));
         for var in [
             "SONIOX_API_KEY",
+            "SONIOX_WS_URL",
             "CREDENTIALS_DIRECTORY",
             "RUST_LOG",
             "JOURNAL_STREAM",
@@ -52,13 +63,15 @@ impl Daemon {
             .arg(&socket)
             .args(["--warm-pool", "0"])
             .args(args)
-            .env("SONIOX_WS_URL", emulator.url())
-            .env("SONIOX_API_KEY", KEY)
+            .envs(env.iter().copied())
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some((url, key)) = service {
+            command.env("SONIOX_WS_URL", url).env("SONIOX_API_KEY", key);
+        }
         // No settings file from the machine, unless the test brings one.
         if !args.contains(&"--config") {
             command.args(["--config", "/dev/null"]);

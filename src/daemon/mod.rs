@@ -16,6 +16,7 @@
 //! their finals within `--drain-timeout`, then exits 0.
 
 pub mod admission;
+pub mod engines;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
@@ -39,14 +40,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cli::{DEFAULT_SOCKET, Region, ServeOpts};
-use crate::config::{ApiKey, ServiceConfig, SessionConfig, Timing, load_api_key, resolve_url};
-use crate::engine::soniox::SonioxEngine;
-use crate::engine::{Engine, RateLimiter};
+use crate::cli::{DEFAULT_SOCKET, EngineChoice, FallbackChoice, Region, ServeOpts};
+use crate::config::{ApiKey, EngineRequest, SessionConfig, Timing, load_api_key, resolve_url};
+use crate::engine::Engine;
+use crate::engine::RateLimiter;
+use crate::engine::local::LocalModel;
 use crate::error::{EXIT_OK, Error, Result};
 use crate::event::Event;
 use crate::systemd::{ListenFds, Notifier};
 use admission::{Admission, Limits, Slot, Ticket};
+use engines::Engines;
 use registry::{Peer, Progress, Registry, State};
 
 /// The settings file read when `--config` is not given, if it exists.
@@ -73,6 +76,10 @@ struct FileSettings {
     warm_pool: Option<usize>,
     drain_timeout: Option<f64>,
     header_timeout: Option<f64>,
+    engine: Option<String>,
+    fallback: Option<String>,
+    model_dir: Option<PathBuf>,
+    local_model: Option<String>,
 }
 
 /// Who may connect: root always; else anyone, or only the listed uids and
@@ -126,6 +133,14 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Header bound.
     pub header_timeout: Duration,
+    /// The engine of sessions that do not ask for one.
+    pub engine: EngineChoice,
+    /// Whether Soniox sessions fall back to the local engine.
+    pub fallback_local: bool,
+    /// The local engine's files (`None`: the default directory).
+    pub model_dir: Option<PathBuf>,
+    /// The local engine's model.
+    pub local_model: LocalModel,
     /// Time scale (tests).
     pub timing: Timing,
 }
@@ -144,6 +159,23 @@ impl Settings {
             },
         };
         let url = resolve_url(opts.url.as_deref().or(file.url.as_deref()), region)?;
+        let engine = match (opts.engine, &file.engine) {
+            (Some(engine), _) => engine,
+            (None, Some(name)) => EngineChoice::from_str(name, true).map_err(|_| {
+                Error::Config(format!("unknown engine {name:?} in the settings file"))
+            })?,
+            (None, None) => EngineChoice::Soniox,
+        };
+        let fallback_local = match (opts.fallback, &file.fallback) {
+            (Some(FallbackChoice::Local), _) => true,
+            (None, Some(name)) => {
+                FallbackChoice::from_str(name, true).map_err(|_| {
+                    Error::Config(format!("unknown fallback {name:?} in the settings file"))
+                })?;
+                true
+            }
+            (None, None) => false,
+        };
         let seconds = |value: Option<f64>, default: f64, name: &str| -> Result<Duration> {
             let value = value.unwrap_or(default);
             if value.is_finite() && value >= 0.0 {
@@ -201,6 +233,14 @@ impl Settings {
                 5.0,
                 "header-timeout",
             )?,
+            engine,
+            fallback_local,
+            model_dir: opts.model_dir.clone().or(file.model_dir),
+            local_model: opts
+                .local_model
+                .as_deref()
+                .or(file.local_model.as_deref())
+                .map_or(Ok(LocalModel::default()), str::parse)?,
             timing: Timing::from_env(env)?,
         })
     }
@@ -229,7 +269,7 @@ fn read_file_settings(path: Option<&Path>) -> Result<FileSettings> {
 
 /// State shared by the accept loop and every client.
 pub struct Shared {
-    engine: Mutex<Engine>,
+    engines: Mutex<Engines>,
     admission: Admission,
     rate: Arc<RateLimiter>,
     access: Mutex<Access>,
@@ -267,8 +307,8 @@ impl Shared {
         Self::lock(&self.settings).timing
     }
 
-    fn engine(&self) -> Engine {
-        Self::lock(&self.engine).clone()
+    fn engines(&self) -> Engines {
+        Self::lock(&self.engines).clone()
     }
 
     fn ws_token(&self) -> Option<String> {
@@ -280,12 +320,23 @@ impl Shared {
         format!("{:08x}-{n}", std::process::id())
     }
 
-    /// A client's session settings with the daemon's own bounds.
-    fn session_config(&self, mut config: SessionConfig) -> SessionConfig {
+    /// A client's session: the engine it runs on, and its settings with
+    /// the daemon's own bounds and fallback.
+    fn session(
+        &self,
+        mut config: SessionConfig,
+        request: EngineRequest,
+    ) -> Result<(Engine, SessionConfig)> {
+        let engines = self.engines().for_session(request, config.partials)?;
+        if engines.is_local() {
+            // Real-time pace is the service's rule, not the local engine's.
+            config.max_lead = crate::session::UNPACED;
+        }
         let settings = Self::lock(&self.settings);
         config.drain_timeout = settings.drain_timeout;
         config.timing = settings.timing;
-        config
+        config.fallback = engines.fallback;
+        Ok((engines.engine, config))
     }
 
     /// The `status` document.
@@ -347,7 +398,7 @@ pub fn main(opts: ServeOpts, fds: ListenFds) -> u8 {
         Ok(settings) => settings,
         Err(err) => return fail(&err),
     };
-    let key = match load_api_key(settings.api_key_file.as_deref(), &env) {
+    let key = match load_key(&settings, &env) {
         Ok(key) => key,
         Err(err) => return fail(&err),
     };
@@ -369,18 +420,17 @@ fn fail(err: &Error) -> u8 {
     err.exit_code()
 }
 
-fn build_engine(settings: &Settings, key: ApiKey, rate: &Arc<RateLimiter>) -> Result<Engine> {
-    let service = ServiceConfig {
-        url: settings.url.clone(),
-        api_key: key,
-        ca_file: settings.ca_file.clone(),
-        timing: settings.timing,
-    };
-    Ok(Engine::Soniox(
-        SonioxEngine::new(service)?
-            .with_rate(rate.clone())
-            .with_warm_pool(settings.warm_pool),
-    ))
+/// The daemon's key; a daemon whose default engine is local needs none,
+/// unless it is pointed at a key file.
+fn load_key(settings: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<ApiKey>> {
+    match load_api_key(settings.api_key_file.as_deref(), env) {
+        Ok(key) => Ok(Some(key)),
+        Err(_) if settings.engine == EngineChoice::Local && settings.api_key_file.is_none() => {
+            info!("no API key: serving the local engine only");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 fn read_ws_token(settings: &Settings) -> Result<Option<String>> {
@@ -466,10 +516,16 @@ fn listen(settings: &Settings, fds: &mut ListenFds) -> Result<Listener> {
     })
 }
 
-async fn serve(opts: ServeOpts, settings: Settings, key: ApiKey, mut fds: ListenFds) -> Result<()> {
+async fn serve(
+    opts: ServeOpts,
+    settings: Settings,
+    key: Option<ApiKey>,
+    mut fds: ListenFds,
+) -> Result<()> {
     let notifier = Notifier::from_env();
     let rate = Arc::new(RateLimiter::new(settings.new_sessions_per_minute));
-    let engine = build_engine(&settings, key, &rate)?;
+    let engines = Engines::build(&settings, key, &rate, None)?;
+    engines.preload().await?;
     let listener = listen(&settings, &mut fds)?;
     let ws = match fds.take_tcp_listener() {
         Ok(Some(socket)) => Some(
@@ -486,7 +542,7 @@ async fn serve(opts: ServeOpts, settings: Settings, key: ApiKey, mut fds: Listen
         },
     };
     let shared = Arc::new(Shared {
-        engine: Mutex::new(engine),
+        engines: Mutex::new(engines),
         admission: Admission::new(settings.limits),
         rate,
         access: Mutex::new(settings.access.clone()),
@@ -515,7 +571,7 @@ async fn serve(opts: ServeOpts, settings: Settings, key: ApiKey, mut fds: Listen
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 notifier.reloading();
-                match reload(&opts, &shared) {
+                match reload(&opts, &shared).await {
                     Ok(()) => info!("settings and key reloaded"),
                     Err(err) => warn!(error = %err, "reload failed; keeping the old settings"),
                 }
@@ -574,11 +630,12 @@ async fn accept_failed(err: std::io::Error) {
 }
 
 /// SIGHUP: the settings file and the key again; running sessions keep theirs.
-fn reload(opts: &ServeOpts, shared: &Shared) -> Result<()> {
+async fn reload(opts: &ServeOpts, shared: &Shared) -> Result<()> {
     let env = |name: &str| std::env::var(name).ok();
     let settings = Settings::resolve(opts, &env)?;
-    let key = load_api_key(settings.api_key_file.as_deref(), &env)?;
-    let engine = build_engine(&settings, key, &shared.rate)?;
+    let key = load_key(&settings, &env)?;
+    let engines = Engines::build(&settings, key, &shared.rate, Some(&shared.engines()))?;
+    engines.preload().await?;
     let ws_token = read_ws_token(&settings)?;
     shared.admission.set_limits(settings.limits);
     shared.rate.set_rate(settings.new_sessions_per_minute);
@@ -586,7 +643,7 @@ fn reload(opts: &ServeOpts, shared: &Shared) -> Result<()> {
     shared
         .per_uid_limit
         .store(settings.max_sessions_per_uid, Ordering::Relaxed);
-    *Shared::lock(&shared.engine) = engine;
+    *Shared::lock(&shared.engines) = engines;
     *Shared::lock(&shared.ws_token) = ws_token;
     debug!(?settings.limits, "new limits");
     *Shared::lock(&shared.settings) = settings;

@@ -12,15 +12,18 @@
 //! checked by turning it back into those flags, so the daemon and the filter
 //! accept exactly the same options with the same messages. Protocol keys:
 //! `v` (1), `end_marker` (a byte string that ends the audio, for clients
-//! that cannot half-close: pick a long random one), and `command`
-//! (`"status"` asks for the daemon's status instead of a session).
+//! that cannot half-close: pick a long random one), `command`
+//! (`"status"` asks for the daemon's status instead of a session), and the
+//! engine keys `engine` (`"soniox"` or `"local"`) and `fallback`
+//! (`"local"`), which ask for the daemon's engines; left out, the daemon's
+//! own settings decide.
 //! Documented for users in sttpipe-protocol(7).
 
 use clap::Parser;
 use serde_json::{Map, Value, json};
 
-use crate::cli::Opts;
-use crate::config::{SessionConfig, Timing, Translation};
+use crate::cli::{FallbackChoice, Opts};
+use crate::config::{EngineRequest, SessionConfig, Timing, Translation};
 use crate::error::{Error, Result};
 
 /// Longest header line accepted, newline included.
@@ -46,6 +49,8 @@ const SESSION_KEYS: &[&str] = &[
     "translate_to",
     "translate",
     "client_reference_id",
+    "engine",
+    "fallback",
 ];
 
 /// What a client asked for.
@@ -57,6 +62,8 @@ pub enum Request {
         config: Box<SessionConfig>,
         /// Bytes that end the audio, if the client cannot half-close.
         end_marker: Option<Vec<u8>>,
+        /// The engines it asks for.
+        engines: EngineRequest,
     },
     /// The daemon's status.
     Status,
@@ -111,6 +118,10 @@ pub fn parse_header(line: &[u8], timing: Timing) -> Result<Request> {
     Ok(Request::Session {
         config: Box::new(SessionConfig::from_opts(&opts, timing)?),
         end_marker,
+        engines: EngineRequest {
+            engine: opts.engine,
+            fallback_local: opts.fallback == Some(FallbackChoice::Local),
+        },
     })
 }
 
@@ -145,10 +156,17 @@ fn push_flag(args: &mut Vec<String>, key: &str, value: Value) -> Result<()> {
     Ok(())
 }
 
-/// The header a client sends for `config` (the inverse of [`parse_header`]).
-pub fn header_for(config: &SessionConfig) -> Value {
+/// The header a client sends for `config` and `engines` (the inverse of
+/// [`parse_header`]).
+pub fn header_for(config: &SessionConfig, engines: EngineRequest) -> Value {
     let mut header = Map::new();
     header.insert("v".into(), json!(VERSION));
+    if let Some(engine) = engines.engine {
+        header.insert("engine".into(), json!(engine.name()));
+    }
+    if engines.fallback_local {
+        header.insert("fallback".into(), json!("local"));
+    }
     let audio = &config.audio;
     header.insert("audio_format".into(), json!(audio.name));
     if let Some(rate) = audio.sample_rate {
@@ -206,8 +224,14 @@ mod tests {
     use super::*;
 
     fn session(line: &str) -> Result<SessionConfig> {
+        session_and_engines(line).map(|(config, _)| config)
+    }
+
+    fn session_and_engines(line: &str) -> Result<(SessionConfig, EngineRequest)> {
         match parse_header(line.as_bytes(), Timing::REAL)? {
-            Request::Session { config, .. } => Ok(*config),
+            Request::Session {
+                config, engines, ..
+            } => Ok((*config, engines)),
             Request::Status => panic!("not a session"),
         }
     }
@@ -231,9 +255,38 @@ mod tests {
             r#"{"audio_format":"mulaw","rate":8000,"language_hints":["fr"],"translate_to":"en","max_endpoint_delay_ms":900,"client_reference_id":"r"}"#,
         )
         .unwrap();
-        let again = session(&header_for(&config).to_string()).unwrap();
+        let (again, engines) =
+            session_and_engines(&header_for(&config, EngineRequest::default()).to_string())
+                .unwrap();
         assert_eq!(again.recognition, config.recognition);
         assert_eq!(again.audio, config.audio);
+        assert_eq!(
+            engines,
+            EngineRequest::default(),
+            "unset: the daemon decides"
+        );
+    }
+
+    #[test]
+    fn engine_requests_round_trip() {
+        let config = session("{}").unwrap();
+        for engines in [
+            EngineRequest {
+                engine: Some(crate::cli::EngineChoice::Local),
+                fallback_local: false,
+            },
+            EngineRequest {
+                engine: Some(crate::cli::EngineChoice::Soniox),
+                fallback_local: true,
+            },
+        ] {
+            let header = header_for(&config, engines).to_string();
+            assert_eq!(session_and_engines(&header).unwrap().1, engines, "{header}");
+        }
+        assert!(matches!(
+            session(r#"{"engine":"whisper"}"#),
+            Err(Error::Usage(_))
+        ));
     }
 
     #[test]

@@ -54,7 +54,8 @@ use super::registry::{Peer, Progress, State};
 use super::{Shared, admit};
 use crate::audio::AudioFormat;
 use crate::cli::Opts;
-use crate::config::{RecognitionOptions, SessionConfig, Translation};
+use crate::config::{EngineRequest, RecognitionOptions, SessionConfig, Translation};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::event::{Event, Token};
 use crate::session::{self, SessionInput, Summary};
@@ -610,9 +611,9 @@ fn parse_audio_format(map: &Map<String, Value>) -> Result<AudioFormat, ApiError>
     Ok(AudioFormat::raw(&long, rate, channels))
 }
 
-/// The session settings for a start request: the daemon's defaults and
-/// bounds, the client's recognition options and format.
-fn session_config(shared: &Shared, start: &StartRequest) -> Result<SessionConfig, Error> {
+/// The engine and session settings for a start request: the daemon's
+/// engine, defaults and bounds, the client's recognition options and format.
+fn session_config(shared: &Shared, start: &StartRequest) -> Result<(Engine, SessionConfig), Error> {
     // The filter's defaults (idle close, replay buffer, rotation, retry
     // budget) come from one place: the flags' own defaults.
     let opts = Opts::try_parse_from(["sttpipe"])
@@ -622,7 +623,8 @@ fn session_config(shared: &Shared, start: &StartRequest) -> Result<SessionConfig
     config.audio = start.audio.clone();
     // Soniox clients expect the non-final tokens unless they opted out.
     config.partials = start.partials;
-    Ok(shared.session_config(config))
+    // A Soniox client knows nothing of engines: the daemon's own serve.
+    shared.session(config, EngineRequest::default())
 }
 
 /// Compares a presented key with the token in time independent of where
@@ -730,8 +732,8 @@ async fn run_client(
         (None, None) => "none",
     };
     debug!(start = ?RedactedStart(&start), key_source, "start request");
-    let config = match session_config(shared, &start) {
-        Ok(config) => config,
+    let (engine, config) = match session_config(shared, &start) {
+        Ok(session) => session,
         Err(err) => {
             client.fail(&SonioxError::from_error(&err)).await;
             return;
@@ -772,7 +774,6 @@ async fn run_client(
     info!(session = %client.request_id, format = %config.audio, model = %config.recognition.model, key_source, "session start");
     let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let engine = shared.engine();
     let session_id = client.request_id.clone();
     let stop = shared.stop.child_token();
     let session_config = config.clone();

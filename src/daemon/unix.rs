@@ -17,6 +17,7 @@ use super::protocol::{self, MAX_HEADER_BYTES, Request};
 use super::registry::{Peer, State};
 use super::{Shared, admit};
 use crate::config::SessionConfig;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::event::Event;
 use crate::output::{EventWriter, NdjsonWriter};
@@ -75,17 +76,28 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
         Ok(Err(err)) => Err(err),
         Ok(Ok(line)) => protocol::parse_header(&line, shared.timing()),
     };
-    let (config, end_marker) = match request {
-        Ok(Request::Status) => {
+    let request = request.and_then(|request| match request {
+        Request::Status => Ok(None),
+        Request::Session {
+            config,
+            end_marker,
+            engines,
+        } => {
+            let (engine, config) = shared.session(*config, engines)?;
+            Ok(Some((engine, config, end_marker)))
+        }
+    });
+    let (engine, config, end_marker) = match request {
+        Ok(None) => {
             let mut line = shared.status().to_string().into_bytes();
             line.push(b'\n');
             let _ = write.write_all(&line).await;
             let _ = write.shutdown().await;
             return;
         }
-        Ok(Request::Session { config, end_marker }) => (shared.session_config(*config), end_marker),
+        Ok(Some(session)) => session,
         Err(err) => {
-            info!(error = %err, "refused: bad header");
+            info!(error = %err, "refused");
             send_final(&mut write, &Event::error(&err)).await;
             linger(reader).await;
             return;
@@ -93,7 +105,13 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
     };
     let (events_tx, events_rx) = mpsc::channel(CLIENT_EVENT_QUEUE);
     let writer = tokio::spawn(write_events(events_rx, write));
-    let reader = run_admitted(reader, config, end_marker, peer, &shared, events_tx).await;
+    let session = ClientSession {
+        engine,
+        config,
+        end_marker,
+        peer,
+    };
+    let reader = run_admitted(reader, session, &shared, events_tx).await;
     // The writer ends once the session's events are all out (or the client left).
     let _ = writer.await;
     if let Some(reader) = reader {
@@ -116,16 +134,28 @@ async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// A client's session, as its header asked for it.
+struct ClientSession {
+    engine: Engine,
+    config: SessionConfig,
+    end_marker: Option<Vec<u8>>,
+    peer: Peer,
+}
+
 /// Runs the client's session once admitted; gives the socket's read half
 /// back for lingering (`None` if the audio pump still has it).
 async fn run_admitted(
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    config: SessionConfig,
-    end_marker: Option<Vec<u8>>,
-    peer: Peer,
+    session: ClientSession,
     shared: &Arc<Shared>,
     events: mpsc::Sender<Event>,
 ) -> Option<BufReader<tokio::net::unix::OwnedReadHalf>> {
+    let ClientSession {
+        engine,
+        config,
+        end_marker,
+        peer,
+    } = session;
     let Some(registration) = shared
         .registry
         .register("unix", peer, shared.per_uid_limit())
@@ -149,7 +179,6 @@ async fn run_admitted(
         input_tx,
         progress.clone(),
     ));
-    let engine = shared.engine();
     let session_id = shared.new_session_id();
     info!(session = %session_id, format = %config.audio, "session start");
     let result = session::run(

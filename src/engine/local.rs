@@ -219,6 +219,39 @@ pub fn default_dir() -> Option<PathBuf> {
     )
 }
 
+/// Word error rate of `hypothesis` against `reference`: the word-level edit
+/// distance (substitutions, deletions, insertions) over the reference's word
+/// count. Case and punctuation are ignored (apostrophes count, so "it's" is
+/// not "its"); 0.0 is a perfect match, and insertions can take it above 1.0.
+/// An empty reference counts as one word.
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(|w| {
+                w.chars()
+                    .filter(|c| c.is_alphanumeric() || *c == '\'')
+                    .flat_map(char::to_lowercase)
+                    .collect::<String>()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (r, h) = (words(reference), words(hypothesis));
+    // One row of the edit-distance table: row[j] is the distance between the
+    // reference words so far and the first j hypothesis words.
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, hw) in h.iter().enumerate() {
+            let substitution = diagonal + usize::from(rw != hw);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[h.len()] as f64 / r.len().max(1) as f64
+}
+
 /// The offline engine: opens sessions that decode on this machine.
 #[derive(Clone)]
 pub struct LocalEngine {
@@ -1749,40 +1782,18 @@ mod tests {
         assert!(matches!(err, Error::BadAudio(_)), "{err:?}");
     }
 
-    /// Word error rate: word-level edit distance over the reference length,
-    /// after lowercasing and dropping punctuation.
-    fn wer(reference: &str, hypothesis: &str) -> f64 {
-        let words = |s: &str| -> Vec<String> {
-            s.split_whitespace()
-                .map(|w| {
-                    w.chars()
-                        .filter(|c| c.is_alphanumeric() || *c == '\'')
-                        .flat_map(char::to_lowercase)
-                        .collect::<String>()
-                })
-                .filter(|w| !w.is_empty())
-                .collect()
-        };
-        let (r, h) = (words(reference), words(hypothesis));
-        let mut row: Vec<usize> = (0..=h.len()).collect();
-        for i in 1..=r.len() {
-            let mut diagonal = row[0];
-            row[0] = i;
-            for j in 1..=h.len() {
-                let substitution = diagonal + usize::from(r[i - 1] != h[j - 1]);
-                diagonal = row[j];
-                row[j] = substitution.min(row[j] + 1).min(row[j - 1] + 1);
-            }
-        }
-        row[h.len()] as f64 / r.len().max(1) as f64
-    }
-
     #[test]
     fn wer_counts_word_edits() {
-        assert_eq!(wer("The cat sat.", "the cat sat"), 0.0);
-        assert_eq!(wer("a b c d", "a x c"), 0.5); // one substitution, one deletion
-        assert_eq!(wer("a b", "a b c d"), 1.0); // two insertions
-        assert_eq!(wer("It's here", "its here"), 0.5);
+        assert_eq!(word_error_rate("The cat sat.", "the cat sat"), 0.0);
+        assert_eq!(word_error_rate("a b c d", "a x c"), 0.5); // one substitution, one deletion
+        assert_eq!(word_error_rate("a b", "a b c d"), 1.0); // two insertions
+        assert_eq!(word_error_rate("It's here", "its here"), 0.5);
+        // One substitution and one insertion over four words.
+        assert_eq!(
+            word_error_rate("the birch canoe slid", "The birch can use slid."),
+            0.5
+        );
+        assert_eq!(word_error_rate("", ""), 0.0);
     }
 
     // --- with the engine ---------------------------------------------------
@@ -1976,7 +1987,7 @@ mod tests {
         let load = started.elapsed();
         let run = run(&engine, &pcm, 16_000, None).await;
         let text = run.text();
-        let wer = wer(&reference, &text);
+        let wer = word_error_rate(&reference, &text);
         let rtf = run.wall.as_secs_f64() / (audio_ms as f64 / 1000.0);
         eprintln!(
             "local tiny-en: WER {:.1} %, RTF {rtf:.3} (with partials; load {} ms), \
@@ -2020,7 +2031,7 @@ mod tests {
         // 10 s in: inside the fourth sentence.
         let run = run(&engine, &pcm48, 48_000, Some(100)).await;
         let text = run.text();
-        let wer = wer(&reference, &text);
+        let wer = word_error_rate(&reference, &text);
         eprintln!(
             "48 kHz with a finalize at 10 s: WER {:.1} %\n{text}",
             wer * 100.0
@@ -2085,7 +2096,7 @@ mod tests {
         let audio_ms = pcm.len() as u64 * 1000 / 16_000;
         let run = run(&engine, &pcm, 16_000, None).await;
         let text = run.text();
-        let wer = wer(&reference, &text);
+        let wer = word_error_rate(&reference, &text);
         eprintln!(
             "local base-en: WER {:.1} %, RTF {:.3} (finals only, load included)\n{text}",
             wer * 100.0,

@@ -1,0 +1,141 @@
+//! The daemon's engines, and which one a session gets.
+//!
+//! A daemon has Soniox when it has a key, and the local engine when its
+//! settings ask for it (`--engine local` or `--fallback local`); the local
+//! engine is loaded once, at start, and shared by every session (sherpa-onnx
+//! serialises the decoding). A session runs on the engine its client asks
+//! for (the socket header's `engine`), else the daemon's default; a Soniox
+//! session falls back to the local engine when the daemon or the client
+//! asks for it. Every front end picks through [`Engines::for_session`], so
+//! the socket and the WebSocket endpoint cannot disagree.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::cli::EngineChoice;
+use crate::config::{ApiKey, EngineRequest, ServiceConfig};
+use crate::engine::local::LocalEngine;
+use crate::engine::soniox::SonioxEngine;
+use crate::engine::{Engine, RateLimiter};
+use crate::error::{Error, Result};
+
+use super::Settings;
+
+/// What one session runs on.
+#[derive(Debug)]
+pub struct SessionEngines {
+    /// The engine it starts on.
+    pub engine: Engine,
+    /// The engine it goes on with if Soniox fails for good.
+    pub fallback: Option<Engine>,
+}
+
+impl SessionEngines {
+    /// Whether the session starts on this machine (so it needs no real-time
+    /// pacing: the local engine takes audio as fast as it can decode it).
+    pub fn is_local(&self) -> bool {
+        matches!(self.engine, Engine::Local(_))
+    }
+}
+
+/// The engines of one generation of the daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    soniox: Option<Engine>,
+    local: Option<LocalEngine>,
+    default: EngineChoice,
+    fallback: bool,
+}
+
+impl Engines {
+    /// The engines `settings` call for, with `key` for Soniox (none: the
+    /// daemon runs the local engine only). A local engine already loaded in
+    /// `previous` with the same files and model is kept, not loaded again.
+    pub fn build(
+        settings: &Settings,
+        key: Option<ApiKey>,
+        rate: &Arc<RateLimiter>,
+        previous: Option<&Engines>,
+    ) -> Result<Engines> {
+        let soniox = match key {
+            Some(api_key) => Some(Engine::Soniox(
+                SonioxEngine::new(ServiceConfig {
+                    url: settings.url.clone(),
+                    api_key,
+                    ca_file: settings.ca_file.clone(),
+                    timing: settings.timing,
+                })?
+                .with_rate(rate.clone())
+                .with_warm_pool(settings.warm_pool),
+            )),
+            None => None,
+        };
+        let wants_local = settings.engine == EngineChoice::Local || settings.fallback_local;
+        let local = if wants_local {
+            let fresh = LocalEngine::new(settings.model_dir.clone())?
+                .with_model(settings.local_model)?
+                .with_partials(true);
+            let loaded = previous
+                .and_then(|p| p.local.as_ref())
+                .filter(|old| old.dir() == fresh.dir() && old.model() == fresh.model());
+            Some(loaded.cloned().unwrap_or(fresh))
+        } else {
+            None
+        };
+        if soniox.is_none() && settings.engine == EngineChoice::Soniox {
+            return Err(Error::Config(
+                "no API key: set SONIOX_API_KEY or use --api-key-file PATH (or serve --engine local)"
+                    .into(),
+            ));
+        }
+        Ok(Engines {
+            soniox,
+            local,
+            default: settings.engine,
+            fallback: settings.fallback_local,
+        })
+    }
+
+    /// Loads the local engine, if the daemon runs it, so the first session
+    /// does not wait for it (and missing or broken files show at start).
+    pub async fn preload(&self) -> Result<()> {
+        if let Some(local) = &self.local {
+            local.preload().await?;
+            info!(model = local.model().name(), dir = %local.dir().display(), "local engine loaded");
+        }
+        Ok(())
+    }
+
+    /// The engines for a session whose client asked for `request`.
+    /// `partials`: whether the client wants non-final tokens (the local
+    /// engine then decodes as the audio comes, not only at segment ends).
+    pub fn for_session(&self, request: EngineRequest, partials: bool) -> Result<SessionEngines> {
+        let local = || {
+            self.local.clone().map(|l| Engine::Local(l.with_partials(partials))).ok_or_else(|| {
+                Error::Config(
+                    "this daemon does not run the local engine (it needs serve --engine local or --fallback local)"
+                        .into(),
+                )
+            })
+        };
+        match request.engine.unwrap_or(self.default) {
+            EngineChoice::Local => Ok(SessionEngines {
+                engine: local()?,
+                fallback: None,
+            }),
+            EngineChoice::Soniox => Ok(SessionEngines {
+                engine: self.soniox.clone().ok_or_else(|| {
+                    Error::Config(
+                        "this daemon has no Soniox API key: ask for the local engine".into(),
+                    )
+                })?,
+                fallback: if request.fallback_local || self.fallback {
+                    Some(local()?)
+                } else {
+                    None
+                },
+            }),
+        }
+    }
+}
