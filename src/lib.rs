@@ -53,5 +53,5 @@ pub mod pacer;
 pub mod replay;
 pub mod retry;
 pub mod session;
-mod soniox_wire;
+pub mod soniox_wire;
 pub mod systemd;

@@ -21,8 +21,25 @@ use std::fmt::Display;
 use std::ops::RangeInclusive;
 
 use serde_json::{Map, Number, Value};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::audio;
+
+/// Bytes tungstenite reads from the socket at a time.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// WebSocket settings for every Soniox connection sttpipe opens or serves
+/// (the engine's client, the daemon's endpoint, the emulator).
+///
+/// tungstenite zero-fills its whole read buffer before every read, the
+/// reads that find nothing included, and so touches all of it: with the
+/// 128 KiB default that was 35 % of the daemon's CPU and 128 KiB of RSS per
+/// upstream connection. Soniox messages are small (100 ms of audio is
+/// 3,200 bytes; a token response well under 1 KiB), and a larger frame
+/// still arrives whole: the buffer grows for it.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)
+}
 
 /// `error_message` of the 503 the real service sends when it drops a session.
 pub(crate) const MSG_CANNOT_CONTINUE: &str = "Cannot continue request (code 4). Please restart the request. Refer to: https://soniox.com/url/cannot-continue-request";

@@ -224,6 +224,8 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
         reject_connects: args.reject_connects,
         time_scale: args.time_scale,
         tls,
+        // Timestamps are for benchmarks in the emulator's own process.
+        probe: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,8 @@
 //! half-open stalls, rejected connects, concurrency limits).
 //! With a [`TlsIdentity`] in [`EmulatorConfig::tls`] it serves `wss://`
 //! instead, so clients' TLS paths (custom CA files, name checks) can be
-//! tested too.
+//! tested too. A [`Probe`] in [`EmulatorConfig::probe`] sees every audio
+//! frame and final token with its time, for benchmarks of relays.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -38,6 +39,6 @@ mod session;
 mod tests;
 
 pub use server::{
-    AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, SessionRecord,
-    TlsIdentity,
+    AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, Probe, ProbeEvent,
+    ProbeKind, SessionRecord, TlsIdentity,
 };

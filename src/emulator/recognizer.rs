@@ -109,6 +109,8 @@ pub(crate) struct Recognizer {
 pub(crate) struct Emitted {
     /// Texts of the original tokens made final, in order.
     pub(crate) finals: Vec<String>,
+    /// Their `start_ms`, in the same order.
+    pub(crate) final_starts: Vec<u64>,
     /// `<fin>` tokens sent.
     pub(crate) fins: u32,
     /// `<end>` tokens sent.
@@ -331,6 +333,9 @@ impl Recognizer {
         self.emitted
             .finals
             .extend(finals.iter().map(|w| w.text.clone()));
+        self.emitted
+            .final_starts
+            .extend(finals.iter().map(|w| w.start_ms));
         match special {
             Some(Special::Fin) => self.emitted.fins += 1,
             Some(Special::End) => self.emitted.ends += 1,

@@ -104,6 +104,71 @@ pub struct EmulatorConfig {
     /// WebSocket upgrade) before anything else, and [`Emulator::url`] gives a
     /// `wss://localhost:PORT/…` URL. Default `None`: plain `ws://`.
     pub tls: Option<TlsIdentity>,
+    /// Timestamps for benchmarks: told of every session start, audio frame
+    /// and final token as it happens (see [`Probe`]). Default `None`, which
+    /// costs nothing.
+    pub probe: Option<Probe>,
+}
+
+/// A hook that sees a session's audio frames and final tokens with the
+/// [`Instant`](std::time::Instant) they were handled, so a benchmark in the
+/// same process can measure what a relay between it and the emulator adds.
+///
+/// The function runs on the session's own task, inline on the audio path:
+/// it must be quick and must not block (record and return).
+#[derive(Clone)]
+pub struct Probe(Arc<dyn Fn(&ProbeEvent<'_>) + Send + Sync>);
+
+impl Probe {
+    /// A probe that calls `f` for every [`ProbeEvent`].
+    pub fn new(f: impl Fn(&ProbeEvent<'_>) + Send + Sync + 'static) -> Probe {
+        Probe(Arc::new(f))
+    }
+
+    /// Calls the hook.
+    pub(crate) fn tell(&self, event: &ProbeEvent<'_>) {
+        (self.0)(event);
+    }
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe(..)")
+    }
+}
+
+/// One observation given to a [`Probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeEvent<'a> {
+    /// The connection's [`SessionRecord::index`].
+    pub index: u64,
+    /// The start request's `client_reference_id`, if it had one: how a
+    /// benchmark tells its sessions apart behind a relay.
+    pub client_reference_id: Option<&'a str>,
+    /// When it happened: for audio, as the frame was taken from the
+    /// connection; for a final token, just before its response was sent.
+    pub at: std::time::Instant,
+    /// What happened.
+    pub kind: ProbeKind,
+}
+
+/// What a [`ProbeEvent`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// A valid start request was accepted; the session streams.
+    Started,
+    /// An audio frame arrived; the session has received `total_bytes` audio
+    /// bytes with it.
+    Audio {
+        /// Audio bytes received so far, this frame included.
+        total_bytes: u64,
+    },
+    /// A final (spoken) token starting at `start_ms` is about to be sent;
+    /// one event per token of a response.
+    Final {
+        /// The token's `start_ms`.
+        start_ms: u64,
+    },
 }
 
 /// A TLS server identity in PEM, for [`EmulatorConfig::tls`].
@@ -188,6 +253,7 @@ impl Default for EmulatorConfig {
             reject_connects: Vec::new(),
             time_scale: 1.0,
             tls: None,
+            probe: None,
         }
     }
 }

@@ -6,7 +6,10 @@
 //! is generic over the stream type, so plain connections carry no TLS cost.
 //! Per audio frame it takes only its own, uncontended record lock and reads
 //! one atomic (the fault generation); shared locks are taken when a session
-//! starts or the fault knobs change.
+//! starts or the fault knobs change. A configured [`Probe`] is called inline,
+//! per audio frame and per final token; without one, nothing is.
+//!
+//! [`Probe`]: super::Probe
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,13 +26,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::protocol::{self, ApiError};
 use super::recognizer::{Emitted, Recognizer, RecognizerSettings};
-use super::server::{AudioFaults, AuthMethod, Outcome, SessionRecord, Shared, lock};
+use super::server::{
+    AudioFaults, AuthMethod, Outcome, ProbeEvent, ProbeKind, SessionRecord, Shared, lock,
+};
 
 /// What a connection's byte stream must be: a bare TCP stream or a TLS
 /// stream over one.
@@ -51,12 +56,17 @@ pub(crate) async fn run(
     slot: Arc<Mutex<SessionRecord>>,
     cancel: CancellationToken,
 ) {
-    let request_id = lock(&slot).request_id.clone();
+    let (index, request_id) = {
+        let rec = lock(&slot);
+        (rec.index, rec.request_id.clone())
+    };
     let (faults_gen, faults) = shared.audio_faults();
     let mut session = Session {
         shared,
         slot,
+        index,
         request_id,
+        reference: None,
         holds_stream: false,
         faults_gen,
         faults,
@@ -138,7 +148,11 @@ enum Stop {
 struct Session {
     shared: Arc<Shared>,
     slot: Arc<Mutex<SessionRecord>>,
+    /// The record's index, for the probe.
+    index: u64,
     request_id: String,
+    /// The start request's `client_reference_id`, kept only for the probe.
+    reference: Option<String>,
     /// Whether this session holds a concurrency slot.
     holds_stream: bool,
     faults_gen: u64,
@@ -173,6 +187,18 @@ impl Session {
 
     fn scaled(&self, d: Duration) -> Duration {
         self.shared.config.scaled(d)
+    }
+
+    /// Tells the probe, if there is one, that `kind` happened at `at`.
+    fn tell(&self, kind: ProbeKind, at: std::time::Instant) {
+        if let Some(probe) = &self.shared.config.probe {
+            probe.tell(&ProbeEvent {
+                index: self.index,
+                client_reference_id: self.reference.as_deref(),
+                at,
+                kind,
+            });
+        }
     }
 
     /// The next deadline and what it is for.
@@ -238,7 +264,11 @@ impl Session {
         // The upgrade itself counts against the start timeout.
         let upgrade = tokio::time::timeout_at(
             deadline,
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
+            tokio_tungstenite::accept_hdr_async_with_config(
+                stream,
+                callback,
+                Some(crate::soniox_wire::websocket_config()),
+            ),
         );
         let handshake = tokio::select! {
             _ = cancel.cancelled() => None,
@@ -371,6 +401,13 @@ impl Session {
             container_bytes_per_ms: config.container_bytes_per_ms,
         };
         tracing::debug!(request_id = %self.request_id, model = %start.model, "session started");
+        if config.probe.is_some() {
+            self.reference = map
+                .get("client_reference_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            self.tell(ProbeKind::Started, std::time::Instant::now());
+        }
         Ok(Recognizer::new(settings, start))
     }
 
@@ -445,14 +482,16 @@ impl Session {
         clock.last_activity = now;
         let first = *clock.first_audio.get_or_insert(now);
         let audio_ms = rec.count(data);
-        {
+        let total_bytes = {
             let mut r = lock(&self.slot);
             r.first_audio_at.get_or_insert(first.into_std());
             r.audio_bytes += data.len() as u64;
             r.audio_ms = audio_ms;
             r.receipts
                 .push(((now - first).as_millis() as u64, audio_ms));
-        }
+            r.audio_bytes
+        };
+        self.tell(ProbeKind::Audio { total_bytes }, now.into_std());
         if self.shared.faults_gen() != self.faults_gen {
             (self.faults_gen, self.faults) = self.shared.audio_faults();
         }
@@ -539,10 +578,17 @@ impl Session {
         close_gracefully(io).await;
     }
 
-    /// Adds emitted tokens to the record.
+    /// Adds emitted tokens to the record (and tells the probe: the caller
+    /// sends their responses next).
     fn record(&self, emitted: Emitted) {
         if emitted.is_empty() {
             return;
+        }
+        if self.shared.config.probe.is_some() {
+            let at = std::time::Instant::now();
+            for &start_ms in &emitted.final_starts {
+                self.tell(ProbeKind::Final { start_ms }, at);
+            }
         }
         let mut r = lock(&self.slot);
         r.words_sent_final.extend(emitted.finals);
@@ -589,13 +635,6 @@ impl Session {
         };
         let _ = tokio::time::timeout(Duration::from_millis(200), io.ws.close(Some(frame))).await;
     }
-}
-
-/// WebSocket settings: a small read buffer, because thousands of sessions
-/// each receive only a few KiB at a time (the 128 KiB default costs ~250 MiB
-/// per 2000 sessions).
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(16 * 1024)
 }
 
 /// Reads the upgrade request's auth headers and echoes the key subprotocol.

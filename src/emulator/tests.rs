@@ -1279,3 +1279,60 @@ async fn plain_url_stays_ws() {
     assert!(emu.url().starts_with("ws://127.0.0.1:"), "{}", emu.url());
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_probe_sees_start_audio_and_finals_in_order() {
+    use super::{Probe, ProbeKind};
+    use std::sync::{Arc, Mutex};
+    type Seen = (u64, Option<String>, ProbeKind, std::time::Instant);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let emu = emulator(EmulatorConfig {
+        probe: Some(Probe::new(move |e| {
+            sink.lock().unwrap().push((
+                e.index,
+                e.client_reference_id.map(str::to_owned),
+                e.kind,
+                e.at,
+            ));
+        })),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut ws = connect(&emu, Auth::Header("test-key")).await;
+    send_text(&mut ws, start_request(json!({"client_reference_id": "s7"}))).await;
+    let words = marker::script(3, 500, 200);
+    let audio = marker::encode(&words, 2000, 16_000, 1);
+    send_audio(&mut ws, &audio).await;
+    send_text(&mut ws, "").await;
+    recv_all(&mut ws).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(index, id, ..)| *index == 0 && id.as_deref() == Some("s7"))
+    );
+    assert!(seen.windows(2).all(|p| p[0].3 <= p[1].3), "in time order");
+    assert_eq!(seen[0].2, ProbeKind::Started);
+    let totals: Vec<u64> = seen
+        .iter()
+        .filter_map(|(_, _, kind, _)| match kind {
+            ProbeKind::Audio { total_bytes } => Some(*total_bytes),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<u64> = (1..=audio.len().div_ceil(CHUNK))
+        .map(|i| (i * CHUNK).min(audio.len()) as u64)
+        .collect();
+    assert_eq!(totals, expected, "one event per frame, cumulative bytes");
+    let finals: Vec<u64> = seen
+        .iter()
+        .filter_map(|(_, _, kind, _)| match kind {
+            ProbeKind::Final { start_ms } => Some(*start_ms),
+            _ => None,
+        })
+        .collect();
+    let starts: Vec<u64> = words.iter().map(|w| w.start_ms).collect();
+    assert_eq!(finals, starts, "one event per final word");
+    emu.shutdown().await;
+}
