@@ -47,7 +47,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::{Peer, Progress, State};
@@ -168,7 +168,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             if stream.write_all(response.as_bytes()).await.is_err() {
                 return;
             }
-            let config = WebSocketConfig::default()
+            let config = wire::websocket_config()
                 .max_message_size(Some(MAX_MESSAGE_BYTES))
                 .max_frame_size(Some(MAX_MESSAGE_BYTES));
             // Whatever the client sent after its head is the start of the

@@ -236,8 +236,12 @@ impl SonioxEngine {
         header.set_sensitive(true);
         request.headers_mut().insert("Authorization", header);
         let connector = Connector::Rustls(self.tls.clone());
-        let handshake =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        let handshake = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(crate::soniox_wire::websocket_config()),
+            true,
+            Some(connector),
+        );
         let bound = self.service.timing.wall(CONNECT_TIMEOUT);
         match tokio::time::timeout(bound, handshake).await {
             Err(_) => Err(connect_error(
