@@ -55,3 +55,4 @@ pub mod retry;
 pub mod session;
 pub mod soniox_wire;
 pub mod systemd;
+pub mod timer;

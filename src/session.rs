@@ -46,6 +46,7 @@ use crate::event::{Event, Token};
 use crate::pacer::{Pacer, Release};
 use crate::replay::ReplayBuffer;
 use crate::retry::Backoff;
+use crate::timer::LazyTimer;
 
 /// Container input has no replay (a new session needs the container's
 /// header), so its buffer only holds audio not yet sent: this much.
@@ -314,6 +315,10 @@ impl<'a> Session<'a> {
         let mut input_failure = None;
         let mut reason = EndReason::Eof;
         let mut drain_deadline: Option<Instant> = None;
+        // The deadlines that move with every chunk keep one timer each.
+        let mut release_timer = LazyTimer::new();
+        let mut idle_timer = LazyTimer::new();
+        let mut rotate_timer = LazyTimer::new();
         loop {
             if self.input_done && self.is_flushed() {
                 break;
@@ -362,7 +367,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 // A paced chunk's time has come.
-                () = sleep_until_or_never(release), if pending.is_some() => {
+                () = release_timer.until(release), if pending.is_some() => {
                     if let Some(chunk) = pending.take() {
                         self.ingest(chunk).await?;
                     }
@@ -390,13 +395,13 @@ impl<'a> Session<'a> {
                 },
                 // Soniox bills idle time: end the session, and open a new
                 // one when audio returns.
-                () = sleep_until_or_never(idle_at) => {
+                () = idle_timer.until(idle_at) => {
                     info!(session = %self.session_id, "closing the idle upstream session");
                     if let Some(upstream) = self.upstream.as_mut() {
                         upstream.end_requested = true;
                     }
                 }
-                () = sleep_until_or_never(rotate_at) => self.start_connecting(Purpose::Rotate),
+                () = rotate_timer.until(rotate_at) => self.start_connecting(Purpose::Rotate),
             }
         }
         if let Some(err) = input_failure {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -32,6 +32,7 @@ use crate::audio::AudioFormat;
 use crate::config::{RecognitionOptions, ServiceConfig, Timing, Translation};
 use crate::error::{Error, Result};
 use crate::event::Token;
+use crate::timer::LazyTimer;
 
 /// Soniox closes a connection after 20 s without audio or keepalive; 5 s is
 /// what the official SDKs use, leaving room for a slow network.
@@ -450,6 +451,9 @@ async fn drive(
     // or the end of audio; cleared by any frame from the service. A service
     // silent for `half_open_after` while owing one is gone (half-open TCP).
     let mut owed_since: Option<Instant> = None;
+    let mut keepalive_timer = LazyTimer::new();
+    let mut ping_timer = LazyTimer::new();
+    let mut stall_timer = LazyTimer::new();
     loop {
         let stalled_at = owed_since.map(|t| t + timers.half_open_after);
         let message = tokio::select! {
@@ -467,16 +471,16 @@ async fn drive(
                 None => return Ok(Ending::Abandoned),
             },
             // Keepalive only while audio may still come.
-            () = sleep_until(keepalive_at), if !audio_ended => {
+            () = keepalive_timer.until(Some(keepalive_at)), if !audio_ended => {
                 keepalive_at = Instant::now() + timers.keepalive_after;
                 Message::text(r#"{"type":"keepalive"}"#)
             }
             // A ping asks for an answer even when no audio flows.
-            () = sleep_until(ping_at) => {
+            () = ping_timer.until(Some(ping_at)) => {
                 ping_at = Instant::now() + timers.ping_every;
                 Message::Ping(Bytes::new())
             }
-            () = sleep_until_or_never(stalled_at) => return Err(stalled(timers)),
+            () = stall_timer.until(stalled_at) => return Err(stalled(timers)),
             incoming = socket.next() => {
                 owed_since = None;
                 if let Some(event) = receive(incoming)? {
@@ -553,13 +557,6 @@ fn receive(incoming: Option<Result<Message, tungstenite::Error>>) -> Result<Opti
     } else {
         EngineEvent::Update(update)
     }))
-}
-
-async fn sleep_until_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn send_error(err: tungstenite::Error) -> Error {
