@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -27,8 +27,10 @@ use crate::session::{self, SessionInput};
 const CLIENT_EVENT_QUEUE: usize = 1024;
 /// Audio chunks queued from the socket into the session.
 const CLIENT_AUDIO_QUEUE: usize = 8;
-/// Bytes read from the socket at a time.
+/// Bytes read from the socket at a time, once the header is in.
 const READ_CHUNK: usize = 8 * 1024;
+/// The header reader's buffer: a header is rarely longer.
+const HEADER_CHUNK: usize = 1024;
 /// How long to take a client's leftover audio after its session ended.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -66,7 +68,7 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
         linger(read).await;
         return;
     }
-    let mut reader = BufReader::with_capacity(READ_CHUNK, read);
+    let mut reader = BufReader::with_capacity(HEADER_CHUNK, read);
     let header = tokio::time::timeout(shared.header_timeout(), read_header(&mut reader)).await;
     let request = match header {
         Err(_) => Err(Error::Usage(format!(
@@ -241,7 +243,11 @@ async fn pump_audio<R: AsyncRead + Unpin>(
     session: mpsc::Sender<SessionInput>,
     progress: Arc<super::registry::Progress>,
 ) -> BufReader<R> {
-    let mut pending = BytesMut::with_capacity(READ_CHUNK * 2);
+    // Never split, so never shared: reserving again reuses its space. Each
+    // chunk is copied out at its exact size instead, because a chunk split
+    // off a shared buffer would pin the whole buffer for as long as the
+    // replay buffer keeps the chunk (most of a second at least).
+    let mut pending = BytesMut::with_capacity(READ_CHUNK);
     let mut ended = false;
     while !ended {
         pending.reserve(READ_CHUNK);
@@ -264,7 +270,8 @@ async fn pump_audio<R: AsyncRead + Unpin>(
         if ready == 0 {
             continue;
         }
-        let chunk: Bytes = pending.split_to(ready).freeze();
+        let chunk = Bytes::copy_from_slice(&pending[..ready]);
+        pending.advance(ready);
         progress.add_audio(chunk.len() as u64);
         if session.send(SessionInput::Audio(chunk)).await.is_err() {
             return reader;
