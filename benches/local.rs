@@ -20,11 +20,16 @@
 //!   that is the fixed cost (process start, library and model load); RTF-start
 //!   is the RTF without it, the figure for a long stream.
 //! * CPU s, peak RSS: those of the median run.
+//! * others %: the CPU other processes took during the runs (and the
+//!   hypervisor's steal), in % of one core: on 2 cores, a configuration run
+//!   next to much of it came out slower than the machine is.
 //!
 //! The engine's files are found where `--engine local` finds them by default
 //! (`scripts/fetch-local-engine` puts them there); without them the bench
 //! says how to provision them and exits 0. It prints figures and asserts
 //! nothing about speed.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -33,6 +38,8 @@ use std::time::Instant;
 use serde_json::Value;
 use sttpipe::engine::local::{FETCH_COMMAND, default_dir, word_error_rate};
 
+use common::{MachineCpu, gnu_time_available};
+
 /// One run of the binary.
 struct Run {
     wall_s: f64,
@@ -40,6 +47,8 @@ struct Run {
     rss_mib: f64,
     audio_s: f64,
     wer: f64,
+    /// CPU seconds other processes took meanwhile, steal included.
+    others_s: f64,
 }
 
 fn main() {
@@ -54,6 +63,10 @@ fn main() {
         );
         return;
     };
+    if !gnu_time_available() {
+        println!("/usr/bin/time is missing (Debian package `time`): nothing measured");
+        return;
+    }
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let wav = fixtures.join("speech-16k.wav");
     let reference =
@@ -86,8 +99,16 @@ fn main() {
     );
     println!("{cores} cores, load average {load} at the start");
     println!(
-        "{:<20} {:>6} {:>7} {:>8} {:>10} {:>7} {:>13} {:>8}   RTF of each run, in order",
-        "model", "WER %", "RTF", "start s", "RTF-start", "CPU s", "peak RSS MiB", "audio s"
+        "{:<20} {:>6} {:>7} {:>8} {:>10} {:>7} {:>13} {:>8} {:>9}   RTF of each run, in order",
+        "model",
+        "WER %",
+        "RTF",
+        "start s",
+        "RTF-start",
+        "CPU s",
+        "peak RSS MiB",
+        "audio s",
+        "others %"
     );
     for model in models {
         let rows: Vec<(bool, Vec<Run>)> = [false, true]
@@ -106,6 +127,9 @@ fn main() {
                 .map(|r| format!("{:.3}", r.wall_s / r.audio_s))
                 .collect();
             let wers_differ = results.iter().any(|r| r.wer != results[0].wer);
+            let others_percent = results.iter().map(|r| r.others_s).sum::<f64>()
+                / results.iter().map(|r| r.wall_s).sum::<f64>()
+                * 100.0;
             let m = median(results);
             let name = if partials {
                 format!("{model} --partials")
@@ -113,7 +137,7 @@ fn main() {
                 model.to_owned()
             };
             println!(
-                "{name:<20} {:>6.1} {:>7.3} {:>8.2} {:>10.3} {:>7.2} {:>13.1} {:>8.2}   {}{}",
+                "{name:<20} {:>6.1} {:>7.3} {:>8.2} {:>10.3} {:>7.2} {:>13.1} {:>8.2} {:>9.0}   {}{}",
                 m.wer * 100.0,
                 m.wall_s / m.audio_s,
                 startup,
@@ -121,6 +145,7 @@ fn main() {
                 m.cpu_s,
                 m.rss_mib,
                 m.audio_s,
+                others_percent,
                 each.join(" "),
                 if wers_differ { " (WERs differ)" } else { "" },
             );
@@ -128,7 +153,9 @@ fn main() {
     }
     println!(
         "RTF: wall time over audio time, whole process; start s: the wall time on 0.5 s of \
-         silence (process start, library and model load); RTF-start: RTF without it. \
+         silence (process start, library and model load); RTF-start: RTF without it; \
+         others %: other processes' CPU (and steal) during the runs, % of a core: \
+         figures taken next to much of it are slower than the machine is. \
          The first run of each model may include page-cache warm-up."
     );
 }
@@ -173,11 +200,13 @@ fn run(model: &str, partials: bool, wav: &Path, reference: &str) -> Run {
     if partials {
         command.arg("--partials");
     }
+    let machine0 = MachineCpu::now();
     let started = Instant::now();
     let output = command
         .output()
         .expect("run sttpipe under /usr/bin/time (Debian package `time`)");
     let wall_s = started.elapsed().as_secs_f64();
+    let machine1 = MachineCpu::now();
     assert!(
         output.status.success(),
         "sttpipe --local-model {model} failed: {}",
@@ -210,9 +239,15 @@ fn run(model: &str, partials: bool, wav: &Path, reference: &str) -> Run {
     let [user, sys, rss_kib] = fields[..] else {
         panic!("unexpected output of GNU time: {figures}");
     };
+    let cpu_s = user + sys;
+    // The machine's busy time (steal included) less ours.
+    let others_s = machine0
+        .zip(machine1)
+        .map_or(0.0, |(a, b)| (b.busy_s - a.busy_s - cpu_s).max(0.0));
     Run {
         wall_s,
-        cpu_s: user + sys,
+        cpu_s,
+        others_s,
         rss_mib: rss_kib / 1024.0,
         audio_s,
         wer: word_error_rate(reference, &text),
