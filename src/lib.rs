@@ -36,6 +36,10 @@
 //! the reader, which leaves the input unread, which (for a pipe) slows the
 //! producer.
 
+// Test code shared with the integration tests names the crate `sttpipe::`.
+#[cfg(test)]
+extern crate self as sttpipe;
+
 pub mod audio;
 pub mod cli;
 pub mod client;

@@ -1017,42 +1017,12 @@ async fn many_concurrent_sessions() {
 
 // ---- wss:// ----
 
-/// A fresh CA (PEM) and a server identity it signed for `localhost` and
-/// `127.0.0.1`; the same as `tests/util/tls.rs`, which the library cannot
-/// use (rcgen is a dev-dependency).
-fn test_identity() -> (String, TlsIdentity) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sttpipe test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    leaf_params.is_ca = IsCa::ExplicitNoCa;
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-    (
-        ca.pem(),
-        TlsIdentity {
-            cert_chain_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
-        },
-    )
-}
+// The integration tests' throw-away CA; the file names the crate
+// `sttpipe::`, which lib.rs makes resolve here too.
+#[allow(unreachable_pub)]
+#[path = "../../tests/util/tls.rs"]
+mod tls;
+use tls::test_identity;
 
 /// An emulator serving wss:// with a fresh identity; returns it and the PEM
 /// of the CA that signed its certificate.
