@@ -45,19 +45,10 @@ impl Daemon {
         let notify_path = dir.path().join("notify.sock");
         let notify = StdDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(NOTIFY_BOUND)).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sttpipe"));
-        for var in [
-            "SONIOX_API_KEY",
-            "SONIOX_WS_URL",
-            "CREDENTIALS_DIRECTORY",
-            "RUST_LOG",
-            "JOURNAL_STREAM",
-            "LISTEN_FDS",
-            "LISTEN_PID",
-        ] {
-            command.env_remove(var);
-        }
+        let mut command = util::sttpipe(None, None);
         command
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
