@@ -276,7 +276,9 @@ async fn sigterm_drains_every_client() {
         clients.push(tokio::spawn(async move {
             let words = client_words(client, 30);
             let audio = marker::encode(&words, 12_500, 16_000, 1);
-            raw_session(&socket, &header(), &audio).await
+            let mut header = header();
+            header["client_reference_id"] = json!(format!("c{client}"));
+            raw_session(&socket, &header, &audio).await
         }));
     }
     util::wait_for(Duration::from_secs(10), "every client streams", || {
@@ -296,7 +298,17 @@ async fn sigterm_drains_every_client() {
         assert_eq!(end["type"], "end", "client {client}: {events:?}");
         assert_eq!(end["reason"], "signal");
         // Every word in the audio the service received came back final.
-        let received = emulator.sessions()[client].audio_ms;
+        // (Sessions are in accept order, not the clients' order.)
+        let session = emulator
+            .sessions()
+            .into_iter()
+            .find(|s| {
+                s.start_request
+                    .as_ref()
+                    .is_some_and(|r| r["client_reference_id"] == format!("c{client}"))
+            })
+            .expect("the client's session");
+        let received = session.audio_ms;
         let got = util::final_words(&events);
         let heard: Vec<_> = client_words(client, 30)
             .into_iter()
@@ -307,7 +319,8 @@ async fn sigterm_drains_every_client() {
         for text in &heard {
             assert!(
                 got.iter().any(|(t, _)| t == text),
-                "client {client} lost {text}"
+                "client {client} lost {text}: the service received {received} ms and sent {:?}",
+                session.words_sent_final
             );
         }
     }
