@@ -591,7 +591,7 @@ impl<'a> Session<'a> {
             let audio = &self.config.audio;
             self.emit(Event::Start {
                 session_id: self.session_id.clone(),
-                model: self.config.recognition.model.clone(),
+                model: self.engine.model_name(&self.config.recognition),
                 audio_format: audio.name.clone(),
                 sample_rate: audio.sample_rate,
                 num_channels: audio.channels,

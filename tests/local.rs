@@ -34,6 +34,8 @@ async fn local_engine_transcribes_real_speech() {
         .arg(wav);
     let out = util::run(command, Vec::new()).await;
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let start = &out.of_type("start")[0];
+    assert_eq!(start["model"], "moonshine-tiny-en", "{start}");
     let text = final_text(&out);
     let wer = word_error_rate(&reference, &text);
     eprintln!("local engine WER on the fixture: {:.1} %", wer * 100.0);

@@ -85,6 +85,15 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The model a session with these options runs: Soniox's by name, or
+    /// the local engine's (`moonshine-tiny-en`), for the `start` event.
+    pub fn model_name(&self, recognition: &RecognitionOptions) -> String {
+        match self {
+            Engine::Soniox(_) => recognition.model.clone(),
+            Engine::Local(engine) => format!("moonshine-{}", engine.model().name()),
+        }
+    }
+
     /// Opens an upstream session; returns once it accepts audio.
     pub async fn open(
         &self,
