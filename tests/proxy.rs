@@ -110,6 +110,15 @@ fn start_request() -> Value {
     })
 }
 
+/// A connection to `url` (no key) that has sent [`start_request`].
+async fn started(url: &str) -> Ws {
+    let mut ws = connect(url, Auth::None).await.unwrap();
+    ws.send(Message::text(start_request().to_string()))
+        .await
+        .unwrap();
+    ws
+}
+
 /// `total_ms` of audio with a word every 500 ms from 500 ms on.
 fn speech(total_ms: u64) -> (Vec<Word>, Vec<u8>) {
     util::marker_audio((total_ms / 500 - 1) as usize, 500, total_ms)
@@ -466,10 +475,7 @@ async fn finalize_brings_fin() {
     let emu = emulator().await;
     let daemon = daemon(&emu, &[]).await;
     let (words, audio) = speech(3000);
-    let mut ws = connect(&daemon.url("/"), Auth::None).await.unwrap();
-    ws.send(Message::text(start_request().to_string()))
-        .await
-        .unwrap();
+    let mut ws = started(&daemon.url("/")).await;
     for chunk in audio.chunks(CHUNK) {
         ws.send(Message::binary(chunk.to_vec())).await.unwrap();
     }
@@ -589,10 +595,7 @@ async fn protocol_errors_get_sonioxs_answers() {
         "Missing audio format. Specify a valid audio format (e.g. s16le, f32le, wav, ogg, flac...) or \"auto\" for auto format detection.",
     );
 
-    let mut ws = connect(&url, Auth::None).await.unwrap();
-    ws.send(Message::text(start_request().to_string()))
-        .await
-        .unwrap();
+    let mut ws = started(&url).await;
     ws.send(Message::binary(vec![0u8; CHUNK])).await.unwrap();
     ws.send(Message::text(r#"{"type":"pause"}"#)).await.unwrap();
     let mut received = Received::default();
@@ -603,10 +606,7 @@ async fn protocol_errors_get_sonioxs_answers() {
         "{received:?}"
     );
 
-    let mut ws = connect(&url, Auth::None).await.unwrap();
-    ws.send(Message::text(start_request().to_string()))
-        .await
-        .unwrap();
+    let mut ws = started(&url).await;
     ws.send(Message::text("finalize")).await.unwrap();
     let mut received = Received::default();
     read_to_close(&mut ws, &mut received).await;
@@ -635,10 +635,7 @@ async fn a_client_that_vanishes_releases_its_session() {
     let emu = emulator().await;
     let daemon = daemon(&emu, &[]).await;
     let (_, audio) = speech(60_000);
-    let mut ws = connect(&daemon.url("/"), Auth::None).await.unwrap();
-    ws.send(Message::text(start_request().to_string()))
-        .await
-        .unwrap();
+    let mut ws = started(&daemon.url("/")).await;
     // Stream until the upstream session has audio, then drop the TCP
     // connection without a close frame.
     let mut sent = audio.chunks(CHUNK);
@@ -684,10 +681,7 @@ async fn a_burst_is_held_back_not_timed_out() {
 async fn a_silent_client_times_out() {
     let emu = emulator().await;
     let daemon = daemon(&emu, &[]).await;
-    let mut ws = connect(&daemon.url("/"), Auth::None).await.unwrap();
-    ws.send(Message::text(start_request().to_string()))
-        .await
-        .unwrap();
+    let mut ws = started(&daemon.url("/")).await;
     ws.send(Message::binary(vec![0u8; CHUNK])).await.unwrap();
     // Then nothing: no audio, no keepalive.
     let mut received = Received::default();
