@@ -944,6 +944,21 @@ async fn stdout_blocked_20s_stalls_neither_audio_nor_session() {
     );
 }
 
+/// Once the first session streams, faults for what follows: it drops after
+/// `drop_after_ms` of audio and every later connect is refused (503).
+async fn drop_then_refuse_after_first_session(emulator: &Emulator, drop_after_ms: u64) {
+    util::wait_for(WAIT, "the first session streams", || {
+        emulator.session(0).is_some_and(|s| s.audio_ms > 0)
+    })
+    .await;
+    // Session 0 has started: the rejections are for the next ones.
+    emulator.set_faults(Faults {
+        drop_after_audio_ms: Some(drop_after_ms),
+        reject_connects: vec![503; 10_000],
+        ..Faults::default()
+    });
+}
+
 /// Case 9: `--replay-buffer 10` and an outage of about 30 s of audio (a drop 15 s
 /// in, then every connect rejected for 30 s scaled) on a live stream: the
 /// oldest audio is dropped, and `overrun` events name exactly the lost
@@ -955,16 +970,7 @@ async fn replay_buffer_overflow_names_exactly_the_lost_words() {
     let controller = {
         let emulator = Arc::clone(&emulator);
         async move {
-            util::wait_for(WAIT, "the first session streams", || {
-                emulator.session(0).is_some_and(|s| s.audio_ms > 0)
-            })
-            .await;
-            // Session 0 has started: the rejections are for the next ones.
-            emulator.set_faults(Faults {
-                drop_after_audio_ms: Some(15_000),
-                reject_connects: vec![503; 10_000],
-                ..Faults::default()
-            });
+            drop_then_refuse_after_first_session(&emulator, 15_000).await;
             util::wait_for(WAIT, "the drop", || {
                 emulator
                     .session(0)
@@ -1133,15 +1139,7 @@ async fn retry_budget_spent_after_a_working_session_exits_75() {
     let controller = {
         let emulator = Arc::clone(&emulator);
         async move {
-            util::wait_for(WAIT, "the first session streams", || {
-                emulator.session(0).is_some_and(|s| s.audio_ms > 0)
-            })
-            .await;
-            emulator.set_faults(Faults {
-                drop_after_audio_ms: Some(3_000),
-                reject_connects: vec![503; 10_000],
-                ..Faults::default()
-            });
+            drop_then_refuse_after_first_session(&emulator, 3_000).await;
         }
     };
     let (words, audio) = speech(30_000);
