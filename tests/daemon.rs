@@ -707,3 +707,22 @@ async fn connect_without_a_daemon_is_one_clear_error() {
     assert_eq!(errors.len(), 1, "{}", out.stdout);
     assert_eq!(errors[0]["code"], "connect");
 }
+
+/// `serve` with Soniox as its engine and no key: one line, exit 78, before
+/// it listens; with `--engine local` a key is not needed (tests/local.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_key_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sttpipe.sock");
+    let mut command = util::sttpipe(None, None);
+    command
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--config", "/dev/null"]);
+    let out = util::run(command, Vec::new()).await;
+    assert_eq!(out.code(), Some(78), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("no API key"), "{}", out.stderr);
+    assert!(!socket.exists(), "it never listened");
+}

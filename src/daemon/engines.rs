@@ -50,7 +50,9 @@ pub struct Engines {
 
 impl Engines {
     /// The engines `settings` call for, with `key` for Soniox (none: the
-    /// daemon runs the local engine only). A local engine already loaded in
+    /// daemon runs the local engine only; `daemon::load_key` gives none only when
+    /// the default engine is local, and a client asking for Soniox then
+    /// gets an error). A local engine already loaded in
     /// `previous` with the same files and model is kept, not loaded again.
     pub fn build(
         settings: &Settings,
@@ -83,12 +85,6 @@ impl Engines {
         } else {
             None
         };
-        if soniox.is_none() && settings.engine == EngineChoice::Soniox {
-            return Err(Error::Config(
-                "no API key: set SONIOX_API_KEY or use --api-key-file PATH (or serve --engine local)"
-                    .into(),
-            ));
-        }
         Ok(Engines {
             soniox,
             local,
