@@ -60,6 +60,7 @@ use crate::error::Error;
 use crate::event::{Event, Token};
 use crate::session::{self, SessionInput, Summary};
 use crate::soniox_wire::{self as wire, ApiError, opt_bool, opt_str, parse_start_object};
+use crate::timer::LazyTimer;
 // Named by the tests.
 #[cfg(test)]
 use crate::soniox_wire::MSG_MISSING_FORMAT;
@@ -949,6 +950,8 @@ impl Relay {
         let mut carry = BytesMut::new();
         let mut transcript = Transcript::default();
         let mut idle_at = Instant::now() + self.idle;
+        // Moves later with every message: one timer, not one per turn.
+        let mut idle_timer = LazyTimer::new();
         let mut batch = Vec::with_capacity(16);
         loop {
             let waiting = input.as_ref().filter(|_| pending.is_some()).cloned();
@@ -1058,7 +1061,7 @@ impl Relay {
                         }
                     }
                 }
-                () = sleep_until(idle_at), if input.is_some() && pending.is_none() => {
+                () = idle_timer.until(Some(idle_at)), if input.is_some() && pending.is_none() => {
                     task.abandon().await;
                     client.fail(&SonioxError::new(408, "Request timeout.")).await;
                     return;
