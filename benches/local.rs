@@ -36,7 +36,17 @@ use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
-use sttpipe::engine::local::{FETCH_COMMAND, default_dir, word_error_rate};
+// The tests' metric and the fetch script's default directory.
+#[path = "../tests/util/engine_dir.rs"]
+mod engine_dir;
+#[path = "../tests/util/wer.rs"]
+mod wer;
+
+use engine_dir::default_engine_dir as default_dir;
+use wer::word_error_rate;
+
+/// The provisioning command.
+const FETCH_COMMAND: &str = "scripts/fetch-local-engine";
 
 use common::{MachineCpu, gnu_time_available};
 

@@ -77,12 +77,6 @@
 //! * the filter alone: CPU and peak RSS of `sttpipe --input FILE` for one
 //!   real-time stream of 30 s, under GNU time (as `benches/filter.rs`).
 
-// The tests' throw-away CA, for the warm-pool figure over wss://; `pub`
-// there serves the test crate.
-#[allow(unreachable_pub)]
-#[path = "../tests/util/tls.rs"]
-mod tls;
-
 mod common;
 
 use std::borrow::Cow;
@@ -98,8 +92,8 @@ use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use sttpipe::emulator::marker::{self, Word};
-use sttpipe::emulator::{Emulator, EmulatorConfig, Probe, ProbeEvent, ProbeKind};
+use soniox_emulator::marker::{self, Word};
+use soniox_emulator::{Emulator, EmulatorConfig, Probe, ProbeEvent, ProbeKind};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UnixStream};
@@ -1060,7 +1054,7 @@ async fn ws_client(
 ) -> Result<(), String> {
     // Responses are small: a small read buffer keeps thousands of clients
     // from costing a lot of memory.
-    let config = sttpipe::soniox_wire::websocket_config();
+    let config = soniox_wire::websocket_config();
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -1563,7 +1557,7 @@ fn p50_p99(sorted: &[f64]) -> String {
 /// Per warm-pool setting, the times (ms) from a client's connect to the
 /// emulator's first audio frame of its session.
 async fn first_audio_figures(sessions: usize) -> Vec<(usize, Result<Vec<f64>, String>)> {
-    let (ca_pem, identity) = tls::test_identity();
+    let (ca_pem, identity) = soniox_emulator::tls::test_identity();
     let emulator = Emulator::start(EmulatorConfig {
         tls: Some(identity),
         ..EmulatorConfig::default()

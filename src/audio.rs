@@ -8,31 +8,28 @@
 
 use std::fmt;
 
-/// Container formats Soniox detects or accepts by name. They are passed
-/// through untouched.
-pub const CONTAINER_FORMATS: &[&str] = &[
-    "auto", "aac", "aiff", "amr", "asf", "flac", "mp3", "ogg", "wav", "webm",
-];
+pub(crate) use soniox_wire::format::is_known_format;
+use soniox_wire::format::raw_sample_bytes;
 
 /// The audio stream as it goes to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioFormat {
+pub(crate) struct AudioFormat {
     /// Soniox's `audio_format` name: `pcm_s16le`, `mulaw`, `mp3`, `auto`, …
-    pub name: String,
+    pub(crate) name: String,
     /// Samples per second per channel; `None` for containers.
-    pub sample_rate: Option<u32>,
+    pub(crate) sample_rate: Option<u32>,
     /// Interleaved channels; `None` for containers.
-    pub channels: Option<u16>,
+    pub(crate) channels: Option<u16>,
 }
 
 impl AudioFormat {
     /// The default input: pcm_s16le, 16 kHz, mono.
-    pub fn default_pcm() -> AudioFormat {
+    pub(crate) fn default_pcm() -> AudioFormat {
         AudioFormat::raw("pcm_s16le", 16_000, 1)
     }
 
     /// A raw format with a known frame layout.
-    pub fn raw(name: &str, sample_rate: u32, channels: u16) -> AudioFormat {
+    pub(crate) fn raw(name: &str, sample_rate: u32, channels: u16) -> AudioFormat {
         AudioFormat {
             name: name.to_owned(),
             sample_rate: Some(sample_rate),
@@ -41,7 +38,7 @@ impl AudioFormat {
     }
 
     /// A container passed through by name.
-    pub fn container(name: &str) -> AudioFormat {
+    pub(crate) fn container(name: &str) -> AudioFormat {
         AudioFormat {
             name: name.to_owned(),
             sample_rate: None,
@@ -50,34 +47,34 @@ impl AudioFormat {
     }
 
     /// Bytes in one sample of one channel, for raw formats.
-    pub fn bytes_per_sample(&self) -> Option<usize> {
+    pub(crate) fn bytes_per_sample(&self) -> Option<usize> {
         raw_sample_bytes(&self.name)
     }
 
     /// Bytes in one frame (one sample of every channel), for raw formats.
-    pub fn bytes_per_frame(&self) -> Option<usize> {
+    pub(crate) fn bytes_per_frame(&self) -> Option<usize> {
         Some(self.bytes_per_sample()? * usize::from(self.channels?))
     }
 
     /// Bytes in one second of audio, for raw formats.
-    pub fn bytes_per_second(&self) -> Option<u64> {
+    pub(crate) fn bytes_per_second(&self) -> Option<u64> {
         Some(self.bytes_per_frame()? as u64 * u64::from(self.sample_rate?))
     }
 
     /// Whether the duration of a byte count is known without decoding.
-    pub fn is_raw(&self) -> bool {
+    pub(crate) fn is_raw(&self) -> bool {
         self.bytes_per_frame().is_some()
     }
 
     /// Milliseconds of audio in `bytes` bytes, for raw formats (rounded down).
-    pub fn duration_ms(&self, bytes: u64) -> Option<u64> {
+    pub(crate) fn duration_ms(&self, bytes: u64) -> Option<u64> {
         let per_second = self.bytes_per_second()?;
         Some(bytes * 1000 / per_second)
     }
 
     /// The chunk size that carries about `ms` milliseconds, a whole number of
     /// frames; `fallback` bytes for containers.
-    pub fn chunk_bytes(&self, ms: u32, fallback: usize) -> usize {
+    pub(crate) fn chunk_bytes(&self, ms: u32, fallback: usize) -> usize {
         match (self.bytes_per_frame(), self.sample_rate) {
             (Some(frame), Some(rate)) => {
                 let frames = (u64::from(rate) * u64::from(ms) / 1000).max(1);
@@ -95,33 +92,6 @@ impl fmt::Display for AudioFormat {
             _ => f.write_str(&self.name),
         }
     }
-}
-
-/// Bytes per sample of a raw format name, or `None` if the name is not raw.
-fn raw_sample_bytes(name: &str) -> Option<usize> {
-    match name {
-        "mulaw" | "alaw" | "pcm_s8" | "pcm_u8" => Some(1),
-        _ => {
-            let rest = name.strip_prefix("pcm_")?;
-            let (kind_bits, endian) = rest.split_at(rest.len().checked_sub(2)?);
-            if endian != "le" && endian != "be" {
-                return None;
-            }
-            match kind_bits {
-                "s8" | "u8" => Some(1),
-                "s16" | "u16" => Some(2),
-                "s24" | "u24" => Some(3),
-                "s32" | "u32" | "f32" => Some(4),
-                "f64" => Some(8),
-                _ => None,
-            }
-        }
-    }
-}
-
-/// Whether `name` is a format Soniox accepts (raw or container).
-pub fn is_known_format(name: &str) -> bool {
-    raw_sample_bytes(name).is_some() || CONTAINER_FORMATS.contains(&name)
 }
 
 #[cfg(test)]
@@ -152,8 +122,5 @@ mod tests {
         let f = AudioFormat::container("mp3");
         assert!(!f.is_raw());
         assert_eq!(f.chunk_bytes(100, 4096), 4096);
-        assert!(is_known_format("webm"));
-        assert!(!is_known_format("avi"));
-        assert!(!is_known_format("pcm_s16xx"));
     }
 }

@@ -1,10 +1,10 @@
 //! The daemon's clients: the filter with `--connect`, and `sttpipe status`.
 //!
-//! With `--connect`, the filter sends its session settings as the header
-//! line of the daemon's socket protocol ([`crate::daemon::protocol`]), its
-//! audio after it, and half-closes at the end; the daemon's NDJSON events
-//! come back and go out as the filter's own. No key is needed here: the
-//! daemon has it.
+//! With `--connect`, the filter sends its session options as the header
+//! line of the daemon's socket protocol ([`crate::protocol`]), its audio
+//! after it, and half-closes at the end; the daemon's NDJSON events come
+//! back and go out as the filter's own. No key is needed here: the daemon
+//! has it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{EngineRequest, SessionConfig};
-use crate::daemon::protocol;
+use crate::cli::SessionArgs;
 use crate::error::{EXIT_OK, Error, Result};
 use crate::event::Event;
+use crate::protocol;
 use crate::session::SessionInput;
 
 /// Longest event line accepted from the daemon.
@@ -34,23 +34,19 @@ async fn connect(socket: &Path) -> Result<UnixStream> {
         })
 }
 
-/// Streams `input` through the daemon at `socket`, giving its events out.
-/// The daemon's `error` event (passed on as it is) becomes
-/// [`Error::Remote`], so the exit status is the daemon's.
-pub async fn run(
+/// Streams `input` through the daemon at `socket` with the session options
+/// `header`, giving its events out. The daemon's `error` event (passed on
+/// as it is) becomes [`Error::Remote`], so the exit status is the daemon's.
+pub(crate) async fn run(
     socket: &Path,
-    config: &SessionConfig,
-    engines: EngineRequest,
+    header: &SessionArgs,
     mut input: mpsc::Receiver<SessionInput>,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) -> Result<()> {
+    let header = protocol::header_line(header)?;
     let stream = connect(socket).await?;
     let (read, mut write) = stream.into_split();
-    let mut header = protocol::header_for(config, engines)
-        .to_string()
-        .into_bytes();
-    header.push(b'\n');
     let lost = |e: std::io::Error| Error::Disconnected(format!("the daemon: {e}"));
     // A daemon that refuses the session closes its end early: then writing
     // fails, and its `error` event, still to be read, says why.
@@ -133,12 +129,12 @@ pub async fn run(
 }
 
 /// `sttpipe status`: the daemon's status document, pretty-printed.
-pub async fn status(socket: &Path) -> Result<String> {
+pub(crate) async fn status(socket: &Path) -> Result<String> {
     let stream = connect(socket).await?;
     let (read, mut write) = stream.into_split();
     let lost = |e: std::io::Error| Error::Disconnected(format!("the daemon: {e}"));
     write
-        .write_all(b"{\"command\":\"status\"}\n")
+        .write_all(protocol::STATUS_REQUEST)
         .await
         .map_err(lost)?;
     let mut line = String::new();

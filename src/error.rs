@@ -8,29 +8,29 @@ use std::io;
 use std::path::PathBuf;
 
 /// Successful exit.
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Bad flags or arguments (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub(crate) const EXIT_USAGE: u8 = 64;
 /// Input data unusable: a bad WAV header, audio the service cannot decode (EX_DATAERR).
-pub const EXIT_DATAERR: u8 = 65;
+pub(crate) const EXIT_DATAERR: u8 = 65;
 /// Input file or FIFO missing or unreadable (EX_NOINPUT).
-pub const EXIT_NOINPUT: u8 = 66;
+pub(crate) const EXIT_NOINPUT: u8 = 66;
 /// The service could not be reached or refuses this account (EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 /// A bug in sttpipe (EX_SOFTWARE).
-pub const EXIT_SOFTWARE: u8 = 70;
+pub(crate) const EXIT_SOFTWARE: u8 = 70;
 /// Writing the output failed (EX_IOERR).
-pub const EXIT_IOERR: u8 = 74;
+pub(crate) const EXIT_IOERR: u8 = 74;
 /// A temporary failure worth retrying: timeouts, rate limits, 5xx (EX_TEMPFAIL).
-pub const EXIT_TEMPFAIL: u8 = 75;
+pub(crate) const EXIT_TEMPFAIL: u8 = 75;
 /// The API key was rejected (EX_NOPERM).
-pub const EXIT_NOPERM: u8 = 77;
+pub(crate) const EXIT_NOPERM: u8 = 77;
 /// A key or configuration is missing or invalid (EX_CONFIG).
-pub const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
 /// Everything that can end a session early.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The command line or session options make no sense.
     #[error("{0}")]
     Usage(String),
@@ -134,7 +134,7 @@ fn service_message(code: u16, message: &str) -> String {
 
 impl Error {
     /// The process exit status for this error (sysexits).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
             Error::Config(_) => EXIT_CONFIG,
@@ -165,7 +165,7 @@ impl Error {
     }
 
     /// A stable machine-readable name for the `error` event's `code` field.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Error::Usage(_) => "usage",
             Error::Config(_) => "config",
@@ -187,7 +187,7 @@ impl Error {
     }
 
     /// Whether a retry (a new upstream session) may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { transient, .. } => *transient,
             Error::Disconnected(_) | Error::Stalled(_) => true,
@@ -207,7 +207,7 @@ fn is_audio_complaint(message: &str) -> bool {
 }
 
 /// Results in sttpipe.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

@@ -26,42 +26,76 @@ use serde::{Deserialize, Serialize};
 /// One recognised piece of text, with Soniox's field names. `Default` is an
 /// empty non-final token with no optional field set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Token {
+pub(crate) struct Token {
     /// The text, with its leading space: concatenate as-is.
-    pub text: String,
+    pub(crate) text: String,
     /// Start in ms from the first audio of the stream; absent on translations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_ms: Option<u64>,
+    pub(crate) start_ms: Option<u64>,
     /// End in ms from the first audio of the stream; absent on translations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_ms: Option<u64>,
+    pub(crate) end_ms: Option<u64>,
     /// Recognition confidence, 0 to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<f64>,
+    pub(crate) confidence: Option<f64>,
     /// Whether the token is final (sent once, never changes).
-    pub is_final: bool,
+    pub(crate) is_final: bool,
     /// Speaker label (`"1"`, `"2"`, …) with diarization.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speaker: Option<String>,
+    pub(crate) speaker: Option<String>,
     /// Language code with language identification or translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub language: Option<String>,
+    pub(crate) language: Option<String>,
     /// `none`, `original` or `translation` with translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub translation_status: Option<String>,
+    pub(crate) translation_status: Option<String>,
     /// The spoken language of a translated token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_language: Option<String>,
+    pub(crate) source_language: Option<String>,
     /// The upstream session (1-based) that recognised it: speaker labels
     /// restart with each. Set by sttpipe, not by Soniox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<u32>,
+    pub(crate) upstream: Option<u32>,
+}
+
+impl From<soniox_wire::Token> for Token {
+    fn from(t: soniox_wire::Token) -> Token {
+        Token {
+            text: t.text,
+            start_ms: t.start_ms,
+            end_ms: t.end_ms,
+            confidence: t.confidence,
+            is_final: t.is_final,
+            speaker: t.speaker,
+            language: t.language,
+            translation_status: t.translation_status,
+            source_language: t.source_language,
+            upstream: None,
+        }
+    }
+}
+
+impl From<Token> for soniox_wire::Token {
+    /// The token as Soniox spells it: without sttpipe's `upstream`.
+    fn from(t: Token) -> soniox_wire::Token {
+        soniox_wire::Token {
+            text: t.text,
+            start_ms: t.start_ms,
+            end_ms: t.end_ms,
+            confidence: t.confidence,
+            is_final: t.is_final,
+            speaker: t.speaker,
+            language: t.language,
+            translation_status: t.translation_status,
+            source_language: t.source_language,
+        }
+    }
 }
 
 impl Token {
     /// Shifts the timestamps by `offset_ms` (a later upstream session's
     /// times start again at zero).
-    pub fn rebase(&mut self, offset_ms: u64) {
+    pub(crate) fn rebase(&mut self, offset_ms: u64) {
         if let Some(t) = self.start_ms.as_mut() {
             *t += offset_ms;
         }
@@ -74,7 +108,7 @@ impl Token {
 /// An output event; serialized with its `type` tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     /// The stream began: the first upstream session is open.
     Start {
         /// This stream's id, for logs and support.
@@ -176,7 +210,7 @@ pub enum Event {
 
 impl Event {
     /// The error event for `err`.
-    pub fn error(err: &crate::error::Error) -> Event {
+    pub(crate) fn error(err: &crate::error::Error) -> Event {
         let status = match err {
             crate::error::Error::Service { code, .. } => Some(*code),
             _ => None,

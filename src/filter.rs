@@ -13,11 +13,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::cli::SessionArgs;
 use crate::client;
-use crate::config::{FilterConfig, Target};
-use crate::engine::Engine;
+use crate::config::{FilterConfig, SessionConfig, Target};
 use crate::engine::local::LocalEngine;
 use crate::engine::soniox::SonioxEngine;
+use crate::engine::{Engine, SessionEngines};
 use crate::error::{EXIT_OK, EXIT_SOFTWARE, Error};
 use crate::event::Event;
 use crate::input::{self, InputEvent};
@@ -26,7 +27,7 @@ use crate::session::{self, SessionInput};
 
 /// How the process should end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// Exit with this status.
     Code(u8),
     /// Re-raise this signal with its default action, so the parent sees
@@ -38,7 +39,7 @@ pub enum Exit {
 const SESSION_INPUT_QUEUE: usize = 4;
 
 /// Runs the filter to completion on a fresh runtime.
-pub fn run(config: FilterConfig) -> Exit {
+pub(crate) fn run(config: FilterConfig) -> Exit {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -162,8 +163,8 @@ async fn stream(
         usr1,
     ));
     let result = match engine {
-        Upstream::Engine(engine) => session::run(
-            &engine,
+        Upstream::Engines(engines) => session::run(
+            engines,
             &session_config,
             new_session_id(),
             session_rx,
@@ -172,16 +173,14 @@ async fn stream(
         )
         .await
         .map(|_summary| ()),
-        Upstream::Daemon(socket, engines) => {
-            let result = client::run(
-                &socket,
-                &session_config,
-                engines,
-                session_rx,
-                events.clone(),
-                stop,
-            )
-            .await;
+        Upstream::Daemon { socket, mut header } => {
+            // The header says what the input holds, as its reader found it.
+            let audio = &session_config.audio;
+            header.audio_format.clone_from(&audio.name);
+            if let (Some(rate), Some(channels)) = (audio.sample_rate, audio.channels) {
+                (header.rate, header.channels) = (rate, channels);
+            }
+            let result = client::run(&socket, &header, session_rx, events.clone(), stop).await;
             // The daemon's own errors came as its events; ours (no daemon,
             // a lost connection) need one too.
             if let Err(err) = &result
@@ -198,44 +197,42 @@ async fn stream(
 
 /// Where the session runs: here, on an engine, or in the daemon.
 enum Upstream {
-    Engine(Engine),
-    Daemon(std::path::PathBuf, crate::config::EngineRequest),
+    Engines(SessionEngines),
+    Daemon {
+        socket: std::path::PathBuf,
+        header: SessionArgs,
+    },
 }
 
 async fn prepare(
     config: FilterConfig,
-) -> Result<
-    (
-        Upstream,
-        crate::config::SessionConfig,
-        mpsc::Receiver<InputEvent>,
-    ),
-    Error,
-> {
-    let engine = match config.target {
-        Target::Soniox(service) => Upstream::Engine(Engine::Soniox(SonioxEngine::new(service)?)),
-        Target::Daemon(socket, engines) => Upstream::Daemon(socket, engines),
-        Target::Local { model_dir, model } => Upstream::Engine(Engine::Local(
-            LocalEngine::new(model_dir)?
-                .with_model(model)?
-                .with_partials(config.session.partials),
-        )),
-    };
+) -> Result<(Upstream, SessionConfig, mpsc::Receiver<InputEvent>), Error> {
     let mut session = config.session;
-    if let Some((model_dir, model)) = config.fallback {
-        session.fallback = Some(Engine::Local(
-            LocalEngine::new(model_dir)?
-                .with_model(model)?
-                .with_partials(session.partials),
-        ));
-    }
-    if matches!(engine, Upstream::Engine(Engine::Local(_))) {
-        // Real-time pace is the service's rule; the local engine takes a
-        // file as fast as it can decode it.
-        session.max_lead = crate::session::UNPACED;
-    }
+    let partials = session.partials;
+    let fallback = match &config.fallback {
+        Some(local) => Some(Engine::Local(
+            LocalEngine::new(local)?.with_partials(partials),
+        )),
+        None => None,
+    };
+    let upstream = match config.target {
+        Target::Soniox(service) => Upstream::Engines(SessionEngines {
+            engine: Engine::Soniox(SonioxEngine::new(service)?),
+            fallback,
+        }),
+        Target::Local(local) => {
+            // Real-time pace is the service's rule; the local engine takes a
+            // file as fast as it can decode it.
+            session.max_lead = crate::session::UNPACED;
+            Upstream::Engines(SessionEngines {
+                engine: Engine::Local(LocalEngine::new(&local)?.with_partials(partials)),
+                fallback,
+            })
+        }
+        Target::Daemon { socket, header } => Upstream::Daemon { socket, header },
+    };
     let input = input::spawn(config.input)?;
-    Ok((engine, session, input))
+    Ok((upstream, session, input))
 }
 
 /// Moves the reader's events into the session, adding a finalize for each
@@ -342,11 +339,11 @@ fn new_session_id() -> String {
 }
 
 /// The one-line error report on stderr.
-pub fn report(err: &Error) {
+pub(crate) fn report(err: &Error) {
     eprintln!("sttpipe: {err}");
 }
 
 /// A warning for the user on stderr (not a log line).
-pub fn warn_user(message: &str) {
+pub(crate) fn warn_user(message: &str) {
     eprintln!("sttpipe: warning: {message}");
 }

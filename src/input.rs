@@ -75,13 +75,13 @@ use crate::error::Error;
 
 /// Default duration of a raw-audio chunk: short enough for live latency, long
 /// enough that per-message overhead stays small.
-pub const DEFAULT_CHUNK_MS: u32 = 100;
+pub(crate) const DEFAULT_CHUNK_MS: u32 = 100;
 
 /// Default chunk size for containers, whose frames sttpipe does not parse.
-pub const DEFAULT_CONTAINER_CHUNK_BYTES: usize = 4096;
+pub(crate) const DEFAULT_CONTAINER_CHUNK_BYTES: usize = 4096;
 
-/// Default channel bound: 32 chunks, about 3 s of raw audio at 100 ms each.
-pub const DEFAULT_QUEUE_CHUNKS: usize = 32;
+/// Default channel bound: 16 chunks, about 1.6 s of raw audio at 100 ms each.
+pub(crate) const DEFAULT_QUEUE_CHUNKS: usize = 16;
 
 /// The name [`Error::InputMissing`] reports when stdin cannot be used.
 const STDIN_NAME: &str = "<stdin>";
@@ -108,7 +108,7 @@ const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
 
 /// Where audio comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// Standard input (`-`).
     Stdin,
     /// A regular file, a named FIFO or a device.
@@ -117,24 +117,24 @@ pub enum Source {
 
 /// How to read it.
 #[derive(Debug, Clone)]
-pub struct InputOptions {
+pub(crate) struct InputOptions {
     /// What to read.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Declared format (from --audio-format/--rate/--channels); default
     /// pcm_s16le/16000/1.
-    pub format: AudioFormat,
+    pub(crate) format: AudioFormat,
     /// Whether the user named the format explicitly (an explicit raw format
     /// disables WAV sniffing; "auto"/"wav" and the default enable it).
-    pub format_explicit: bool,
+    pub(crate) format_explicit: bool,
     /// --follow: on a FIFO, keep reading across writers. Ignored for stdin and
     /// regular files, which are read to EOF.
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// Chunk duration for raw formats (100 ms).
-    pub chunk_ms: u32,
+    pub(crate) chunk_ms: u32,
     /// Chunk bytes for containers (e.g. 4096).
-    pub container_chunk_bytes: usize,
+    pub(crate) container_chunk_bytes: usize,
     /// Bound of the channel, in chunks (0 counts as 1).
-    pub queue_chunks: usize,
+    pub(crate) queue_chunks: usize,
 }
 
 impl InputOptions {
@@ -142,7 +142,7 @@ impl InputOptions {
     /// explicit, so a WAV header may override it), no follow,
     /// [`DEFAULT_CHUNK_MS`], [`DEFAULT_CONTAINER_CHUNK_BYTES`],
     /// [`DEFAULT_QUEUE_CHUNKS`].
-    pub fn new(source: Source) -> InputOptions {
+    pub(crate) fn new(source: Source) -> InputOptions {
         InputOptions {
             source,
             format: AudioFormat::default_pcm(),
@@ -157,7 +157,7 @@ impl InputOptions {
 
 /// What the reader thread reports, in the order given in the module docs.
 #[derive(Debug)]
-pub enum InputEvent {
+pub(crate) enum InputEvent {
     /// Always first: the format actually in the stream (a WAV header, if
     /// found, decides it). With --follow, sent again after
     /// [`InputEvent::WriterClosed`] if the next writer's format differs.
@@ -178,7 +178,7 @@ pub enum InputEvent {
 /// input = the channel closes.
 ///
 /// Never blocks on a FIFO without a writer: the thread waits for it.
-pub fn spawn(options: InputOptions) -> Result<mpsc::Receiver<InputEvent>, Error> {
+pub(crate) fn spawn(options: InputOptions) -> Result<mpsc::Receiver<InputEvent>, Error> {
     let (file, fifo) = open(&options.source)?;
     start(file, fifo, &options)
 }

@@ -36,27 +36,28 @@
 //! the reader, which leaves the input unread, which (for a pipe) slows the
 //! producer.
 
-// Test code shared with the integration tests names the crate `sttpipe::`.
+mod audio;
+mod cli;
+mod client;
+mod config;
+mod daemon;
+mod engine;
+mod entry;
+mod error;
+mod event;
+mod filter;
+mod input;
+mod logging;
+mod output;
+mod pacer;
+mod protocol;
+mod replay;
+mod retry;
+mod session;
+mod systemd;
+mod timer;
 #[cfg(test)]
-extern crate self as sttpipe;
+#[path = "../tests/util/wer.rs"]
+mod wer;
 
-pub mod audio;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod emulator;
-pub mod engine;
-pub mod error;
-pub mod event;
-pub mod filter;
-pub mod input;
-pub mod logging;
-pub mod output;
-pub mod pacer;
-pub mod replay;
-pub mod retry;
-pub mod session;
-pub mod soniox_wire;
-pub mod systemd;
-pub mod timer;
+pub use entry::run;

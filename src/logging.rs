@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber. `verbosity` counts `-v` flags.
-pub fn init(verbosity: u8) {
+pub(crate) fn init(verbosity: u8) {
     let default = match verbosity {
         0 => "warn",
         1 => "info",

@@ -18,11 +18,11 @@ use crate::event::Event;
 /// so a paused consumer (`less`, a slow `jq`) never holds up the audio or
 /// lets the upstream session time out. Past it, `partial` events are dropped
 /// and other events wait for room (backpressure).
-pub const OUTPUT_QUEUE: usize = 65_536;
+pub(crate) const OUTPUT_QUEUE: usize = 65_536;
 
 /// How the writer thread ended.
 #[derive(Debug)]
-pub enum OutputEnd {
+pub(crate) enum OutputEnd {
     /// All events were written.
     Done,
     /// The reader closed the pipe; later events were dropped on purpose.
@@ -33,7 +33,7 @@ pub enum OutputEnd {
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// One JSON object a line.
     Ndjson,
     /// Plain transcript.
@@ -42,7 +42,7 @@ pub enum Format {
 
 /// Starts the writer thread on stdout. Returns the event sender and the
 /// thread's handle, whose result says how writing ended.
-pub fn spawn_stdout(
+pub(crate) fn spawn_stdout(
     format: Format,
 ) -> io::Result<(mpsc::Sender<Event>, thread::JoinHandle<OutputEnd>)> {
     let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
@@ -62,7 +62,7 @@ pub fn spawn_stdout(
 
 /// Writes one event to stdout at once, outside any session (an error before
 /// the session began). A closed stdout is ignored.
-pub fn write_event_now(event: &Event) {
+pub(crate) fn write_event_now(event: &Event) {
     let mut line = Vec::new();
     NdjsonWriter.render(event, &mut line);
     let mut out = io::stdout().lock();
@@ -93,14 +93,14 @@ fn write_all_events(
 }
 
 /// Renders events into bytes.
-pub trait EventWriter {
+pub(crate) trait EventWriter {
     /// Appends the bytes for `event` to `out` (nothing, to skip it).
     fn render(&mut self, event: &Event, out: &mut Vec<u8>);
 }
 
 /// One JSON object and a newline per event.
 #[derive(Debug, Default)]
-pub struct NdjsonWriter;
+pub(crate) struct NdjsonWriter;
 
 impl EventWriter for NdjsonWriter {
     fn render(&mut self, event: &Event, out: &mut Vec<u8>) {
@@ -116,7 +116,7 @@ impl EventWriter for NdjsonWriter {
 /// endpoint, finalize and end. On a terminal, the non-final tail is shown
 /// dimmed and replaced as it changes.
 #[derive(Debug)]
-pub struct TextWriter {
+pub(crate) struct TextWriter {
     terminal: bool,
     at_line_start: bool,
     /// Whether provisional text is on screen (terminal only).
@@ -125,7 +125,7 @@ pub struct TextWriter {
 
 impl TextWriter {
     /// A writer; `terminal` enables the provisional tail.
-    pub fn new(terminal: bool) -> TextWriter {
+    pub(crate) fn new(terminal: bool) -> TextWriter {
         TextWriter {
             terminal,
             at_line_start: true,

@@ -20,11 +20,11 @@ use tokio::time::Instant;
 
 /// Bytes of a container stream that may be sent beyond what the service has
 /// reported progress on: 32 KiB is 2 s of 128 kb/s MP3.
-pub const CONTAINER_UNCONFIRMED_BYTES: u64 = 32 * 1024;
+pub(crate) const CONTAINER_UNCONFIRMED_BYTES: u64 = 32 * 1024;
 
 /// Decides when each chunk may go.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     max_lead: Duration,
     /// Raw: when the audio sent so far would have finished playing live.
     ahead_until: Option<Instant>,
@@ -40,7 +40,7 @@ pub struct Pacer {
 
 /// When a chunk may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
+pub(crate) enum Release {
     /// At this instant (now or later).
     At(Instant),
     /// Once the service reports progress.
@@ -49,7 +49,7 @@ pub enum Release {
 
 impl Pacer {
     /// A pacer allowing `max_lead` ahead of real time.
-    pub fn new(max_lead: Duration) -> Pacer {
+    pub(crate) fn new(max_lead: Duration) -> Pacer {
         Pacer {
             max_lead,
             ahead_until: None,
@@ -61,7 +61,7 @@ impl Pacer {
     }
 
     /// When a raw chunk of `duration` may go.
-    pub fn release_raw(&self, duration: Duration, now: Instant) -> Instant {
+    pub(crate) fn release_raw(&self, duration: Duration, now: Instant) -> Instant {
         let base = self.ahead_until.map_or(now, |t| t.max(now));
         (base + duration)
             .checked_sub(self.max_lead)
@@ -69,19 +69,20 @@ impl Pacer {
     }
 
     /// Records that a raw chunk of `duration` went at `at`.
-    pub fn sent_raw(&mut self, duration: Duration, at: Instant) {
+    pub(crate) fn sent_raw(&mut self, duration: Duration, at: Instant) {
         let base = self.ahead_until.map_or(at, |t| t.max(at));
         self.ahead_until = Some(base + duration);
     }
 
+    #[cfg(test)]
     /// How far ahead of real time the raw audio sent so far is, at `now`.
-    pub fn lead(&self, now: Instant) -> Duration {
+    pub(crate) fn lead(&self, now: Instant) -> Duration {
         self.ahead_until
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
     }
 
     /// When a container chunk may go.
-    pub fn release_container(&self, now: Instant) -> Release {
+    pub(crate) fn release_container(&self, now: Instant) -> Release {
         let Some(first) = self.first_send else {
             return Release::At(now);
         };
@@ -97,13 +98,13 @@ impl Pacer {
     }
 
     /// Records that `bytes` of a container went at `at`.
-    pub fn sent_container(&mut self, bytes: u64, at: Instant) {
+    pub(crate) fn sent_container(&mut self, bytes: u64, at: Instant) {
         self.first_send.get_or_insert(at);
         self.bytes_sent += bytes;
     }
 
     /// Records the service's progress (containers).
-    pub fn progress(&mut self, total_audio_proc_ms: u64) {
+    pub(crate) fn progress(&mut self, total_audio_proc_ms: u64) {
         if total_audio_proc_ms > self.processed_ms {
             self.processed_ms = total_audio_proc_ms;
             self.bytes_confirmed = self.bytes_sent;
@@ -111,7 +112,7 @@ impl Pacer {
     }
 
     /// Forgets the container clock: a new upstream session counts from zero.
-    pub fn restart_upstream(&mut self) {
+    pub(crate) fn restart_upstream(&mut self) {
         self.first_send = None;
         self.bytes_sent = 0;
         self.bytes_confirmed = 0;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 /// Audio chunks held by stream byte offset.
 #[derive(Debug)]
-pub struct ReplayBuffer {
+pub(crate) struct ReplayBuffer {
     /// Chunks in stream order, each with its stream byte offset.
     /// Invariant: contiguous, the first starting at `start`.
     chunks: VecDeque<(u64, Bytes)>,
@@ -25,7 +25,7 @@ pub struct ReplayBuffer {
 
 impl ReplayBuffer {
     /// An empty buffer holding at most `capacity` bytes.
-    pub fn new(capacity: u64) -> ReplayBuffer {
+    pub(crate) fn new(capacity: u64) -> ReplayBuffer {
         ReplayBuffer {
             chunks: VecDeque::new(),
             start: 0,
@@ -35,28 +35,29 @@ impl ReplayBuffer {
     }
 
     /// Stream offset of the oldest byte held.
-    pub fn start(&self) -> u64 {
+    pub(crate) fn start(&self) -> u64 {
         self.start
     }
 
     /// Stream offset just past the newest byte: all audio read so far.
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.end
     }
 
     /// Bytes held.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.end - self.start
     }
 
+    #[cfg(test)]
     /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
     /// Appends a chunk. If that overfills the buffer, the oldest whole
     /// chunks are dropped; returns the dropped range.
-    pub fn push(&mut self, chunk: Bytes) -> Option<Range<u64>> {
+    pub(crate) fn push(&mut self, chunk: Bytes) -> Option<Range<u64>> {
         if chunk.is_empty() {
             return None;
         }
@@ -72,7 +73,7 @@ impl ReplayBuffer {
 
     /// Forgets the whole chunks that end at or before `offset` (audio the
     /// service has made final).
-    pub fn release(&mut self, offset: u64) {
+    pub(crate) fn release(&mut self, offset: u64) {
         while let Some((at, chunk)) = self.chunks.front() {
             if at + chunk.len() as u64 > offset {
                 break;
@@ -89,7 +90,7 @@ impl ReplayBuffer {
 
     /// The held audio from `offset` to the end of its chunk, or `None` if
     /// `offset` is not held (before `start`, or at `end`).
-    pub fn chunk_at(&self, offset: u64) -> Option<Bytes> {
+    pub(crate) fn chunk_at(&self, offset: u64) -> Option<Bytes> {
         if offset < self.start || offset >= self.end {
             return None;
         }

@@ -19,7 +19,7 @@ const CAP: Duration = Duration::from_secs(30);
 
 /// Backoff state for one outage.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     attempts: u32,
     /// xorshift state for jitter; any nonzero seed will do.
     rng: u64,
@@ -27,22 +27,23 @@ pub struct Backoff {
 
 impl Backoff {
     /// A fresh outage; `seed` varies the jitter between processes.
-    pub fn new(seed: u64) -> Backoff {
+    pub(crate) fn new(seed: u64) -> Backoff {
         Backoff {
             attempts: 0,
             rng: seed | 1,
         }
     }
 
+    #[cfg(test)]
     /// Attempts made so far in this outage.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// The wait before the next attempt after `err`: base × 2^attempts,
     /// capped, then scaled by a random factor in [0.5, 1.0) so that many
     /// clients failing together do not retry together.
-    pub fn next_delay(&mut self, err: &Error) -> Duration {
+    pub(crate) fn next_delay(&mut self, err: &Error) -> Duration {
         let base = match err {
             Error::Service { code: 429, .. } => BASE_RATE_LIMITED,
             _ => BASE,

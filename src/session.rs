@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::SessionConfig;
-use crate::engine::{Engine, EngineCommand, EngineEvent, EngineLink, Update};
+use crate::engine::{Engine, EngineCommand, EngineEvent, EngineLink, SessionEngines, Update};
 use crate::error::{Error, Result};
 use crate::event::{Event, Token};
 use crate::pacer::{Pacer, Release};
@@ -56,11 +56,11 @@ const MAX_ROTATION_MARGIN: Duration = Duration::from_secs(600);
 
 /// A `max_lead` so long that no input is ever held back: for engines that
 /// take audio as fast as they decode it.
-pub const UNPACED: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const UNPACED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What a front end feeds the session.
 #[derive(Debug)]
-pub enum SessionInput {
+pub(crate) enum SessionInput {
     /// Audio in the session's format; whole frames for raw formats.
     Audio(Bytes),
     /// Make everything so far final now (a FIFO writer closed, SIGUSR1).
@@ -72,7 +72,7 @@ pub enum SessionInput {
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// The input ended.
     Eof,
     /// `stop` was cancelled (a signal, a daemon shutdown).
@@ -96,27 +96,27 @@ impl EndReason {
 
 /// What a finished session did.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Why it ended.
-    pub reason: EndReason,
+    pub(crate) reason: EndReason,
     /// Audio read, in ms.
-    pub audio_ms: u64,
+    pub(crate) audio_ms: u64,
     /// Final tokens given out.
-    pub tokens: u64,
+    pub(crate) tokens: u64,
     /// Upstream sessions opened.
-    pub upstreams: u32,
+    pub(crate) upstreams: u32,
 }
 
 /// Runs a session until its input ends, `stop` is cancelled, or it fails.
-pub async fn run(
-    engine: &Engine,
+pub(crate) async fn run(
+    engines: SessionEngines,
     config: &SessionConfig,
     session_id: String,
     mut input: mpsc::Receiver<SessionInput>,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) -> Result<Summary> {
-    let mut session = Session::new(engine.clone(), config, session_id, events);
+    let mut session = Session::new(engines, config, session_id, events);
     let outcome = session.stream(&mut input, &stop).await;
     let (reason, failure) = match outcome {
         Ok(reason) => (reason, None),
@@ -208,6 +208,8 @@ struct Upstream {
 
 struct Session<'a> {
     engine: Engine,
+    /// The engine to go on with when the service fails for good.
+    fallback: Option<Engine>,
     config: &'a SessionConfig,
     session_id: String,
     events: mpsc::Sender<Event>,
@@ -242,7 +244,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(
-        engine: Engine,
+        engines: SessionEngines,
         config: &'a SessionConfig,
         session_id: String,
         events: mpsc::Sender<Event>,
@@ -253,7 +255,8 @@ impl<'a> Session<'a> {
             None => CONTAINER_BUFFER_BYTES,
         };
         Session {
-            engine,
+            engine: engines.engine,
+            fallback: engines.fallback,
             config,
             session_id,
             events,
@@ -608,7 +611,7 @@ impl<'a> Session<'a> {
         // Unreachable from the start: no point in a long retry when a local
         // engine stands by.
         let unreachable = !self.reached && matches!(err, Error::Connect { .. });
-        let outcome = if unreachable && self.config.fallback.is_some() && !self.fell_back {
+        let outcome = if unreachable && self.fallback.is_some() && !self.fell_back {
             Err(err)
         } else {
             self.retry_or_fail(err, upstream_lost)
@@ -624,7 +627,7 @@ impl<'a> Session<'a> {
     /// it), or fail with `err`.
     async fn fall_back(&mut self, err: Error) -> Result<(), Halt> {
         let request_refused = matches!(err, Error::Usage(_) | Error::Service { code: 400, .. });
-        let Some(engine) = self.config.fallback.clone() else {
+        let Some(engine) = self.fallback.clone() else {
             return Err(err.into());
         };
         if self.fell_back || request_refused {

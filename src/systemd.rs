@@ -52,7 +52,7 @@ static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
 /// Each descriptor is owned: the ones no `take_*` method claims are closed
 /// when the set is dropped.
 #[derive(Debug, Default)]
-pub struct ListenFds {
+pub(crate) struct ListenFds {
     /// The passed descriptors in order (fd 3, 4, …) with their names from
     /// `LISTEN_FDNAMES`; `None` once taken.
     fds: Vec<Option<(OwnedFd, String)>>,
@@ -74,7 +74,7 @@ pub struct ListenFds {
 ///
 /// Errors: `LISTEN_FDS` or `LISTEN_FDNAMES` malformed, or a passed descriptor
 /// not open.
-pub fn take_listen_fds() -> io::Result<ListenFds> {
+pub(crate) fn take_listen_fds() -> io::Result<ListenFds> {
     let pid = std::env::var_os("LISTEN_PID");
     let count = std::env::var_os("LISTEN_FDS");
     let names = std::env::var_os("LISTEN_FDNAMES");
@@ -237,7 +237,7 @@ impl ListenFds {
     /// Checked as loosely as sd_is_socket_unix(3) does: the socket type, the
     /// listening state and the address family, not the path (systemd owns
     /// the socket: never unlink it, never shut it down).
-    pub fn take_unix_listener(&mut self) -> io::Result<Option<(UnixListener, String)>> {
+    pub(crate) fn take_unix_listener(&mut self) -> io::Result<Option<(UnixListener, String)>> {
         let Some((fd, name)) =
             self.take_first(|fd| is_listening_stream(fd, &[AddressFamily::Unix]))
         else {
@@ -250,7 +250,7 @@ impl ListenFds {
 
     /// The first passed fd that is a listening TCP socket (IPv4 or IPv6, for
     /// a `ListenStream=127.0.0.1:3001`), set non-blocking.
-    pub fn take_tcp_listener(&mut self) -> io::Result<Option<TcpListener>> {
+    pub(crate) fn take_tcp_listener(&mut self) -> io::Result<Option<TcpListener>> {
         let Some((fd, _name)) = self
             .take_first(|fd| is_listening_stream(fd, &[AddressFamily::Inet, AddressFamily::Inet6]))
         else {
@@ -261,9 +261,10 @@ impl ListenFds {
         Ok(Some(listener))
     }
 
+    #[cfg(test)]
     /// Whether no passed descriptor is left (none was passed, or all were
     /// taken).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fds.iter().all(Option::is_none)
     }
 }
@@ -298,7 +299,7 @@ fn is_listening_stream(fd: &OwnedFd, families: &[AddressFamily]) -> bool {
 /// so with `NotifyAccess=main` only the daemon's own process may send these:
 /// not a helper, not `systemd-notify` from a script.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     /// Where the datagrams go, with an unbound socket to send them from;
     /// `None` when not run by a service manager.
     target: Option<(UnixDatagram, SocketAddr)>,
@@ -308,7 +309,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         Notifier::from_vars(
             std::env::var_os("NOTIFY_SOCKET"),
             std::env::var_os("WATCHDOG_USEC"),
@@ -337,19 +338,19 @@ impl Notifier {
 
     /// `READY=1`, with a status line: startup is complete (the key is
     /// loaded and the socket is usable), or a reload is.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
     /// `STATUS=…`: a line shown by `systemctl status`.
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={}", one_line(status)));
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=` (which `Type=notify-reload`, from
     /// systemd 253, requires; older versions ignore it). Follow it with
     /// [`ready`](Self::ready) once the reload is done.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         match monotonic_usec() {
             Some(usec) => self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}")),
             None => self.send("RELOADING=1"),
@@ -357,21 +358,21 @@ impl Notifier {
     }
 
     /// `STOPPING=1`, with a status line: shutdown has begun.
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.send(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
     /// `WATCHDOG=1`: the keep-alive ping. Send it every
     /// [`watchdog_interval`](Self::watchdog_interval) from the loop that
     /// does the work, so that a wedged loop stops pinging.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send("WATCHDOG=1");
     }
 
     /// Half of `WATCHDOG_USEC` when the watchdog is on for this process
     /// (`WATCHDOG_PID` absent or equal to its pid): how often to call
     /// [`watchdog`](Self::watchdog).
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog_interval
     }
 

@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 /// A reusable timer; see the module documentation.
 #[derive(Debug)]
-pub struct LazyTimer {
+pub(crate) struct LazyTimer {
     sleep: Pin<Box<Sleep>>,
     /// Where `sleep` is set, while it has not gone off.
     armed: Option<Instant>,
@@ -30,7 +30,7 @@ impl Default for LazyTimer {
 
 impl LazyTimer {
     /// A timer set nowhere yet.
-    pub fn new() -> LazyTimer {
+    pub(crate) fn new() -> LazyTimer {
         LazyTimer {
             // Not registered with the timer wheel until first polled, and
             // only polled once `until` sets it.
@@ -42,7 +42,7 @@ impl LazyTimer {
     /// Completes at `deadline`; never, for `None`. Cancel-safe: dropped
     /// unfinished (another `select!` branch won), the timer stays set and
     /// the next call reuses it.
-    pub async fn until(&mut self, deadline: Option<Instant>) {
+    pub(crate) async fn until(&mut self, deadline: Option<Instant>) {
         let Some(deadline) = deadline else {
             return std::future::pending().await;
         };

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sttpipe::emulator::marker;
-use sttpipe::emulator::{AuthMethod, EmulatorConfig};
+use soniox_emulator::marker;
+use soniox_emulator::{AuthMethod, EmulatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};

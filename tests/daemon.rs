@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sttpipe::emulator::marker::{self, Word};
-use sttpipe::emulator::{Emulator, EmulatorConfig};
+use soniox_emulator::marker::{self, Word};
+use soniox_emulator::{Emulator, EmulatorConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sttpipe::emulator::EmulatorConfig;
+use soniox_emulator::EmulatorConfig;
 
 use crate::util::{self, KEY};
 
@@ -113,7 +113,7 @@ async fn every_flag_reaches_the_start_request() {
     // The key travelled in the header, never in the start request.
     assert_eq!(
         emulator.sessions()[0].auth,
-        sttpipe::emulator::AuthMethod::Header
+        soniox_emulator::AuthMethod::Header
     );
 
     // Plain-text context and one-way translation.
@@ -358,16 +358,16 @@ async fn text_format_prints_the_transcript() {
 async fn endpoints_are_events_not_text() {
     let emulator = util::emulator(EmulatorConfig::default()).await;
     // Two utterances with 2 s of silence between them.
-    let mut words = sttpipe::emulator::marker::script(3, 400, 500);
+    let mut words = soniox_emulator::marker::script(3, 400, 500);
     words.extend(
-        sttpipe::emulator::marker::script(3, 400, 4_000)
+        soniox_emulator::marker::script(3, 400, 4_000)
             .into_iter()
             .map(|mut w| {
                 w.text = format!("{}2", w.text);
                 w
             }),
     );
-    let audio = sttpipe::emulator::marker::encode(&words, 7_000, 16_000, 1);
+    let audio = soniox_emulator::marker::encode(&words, 7_000, 16_000, 1);
     let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
     command.args(["--endpoint-detection", "--max-endpoint-delay-ms", "500"]);
     let out = util::run(command, audio).await;

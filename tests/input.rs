@@ -4,8 +4,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sttpipe::emulator::EmulatorConfig;
-use sttpipe::emulator::marker;
+use soniox_emulator::EmulatorConfig;
+use soniox_emulator::marker;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::util::{self, KEY};

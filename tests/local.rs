@@ -1,14 +1,13 @@
 //! The offline engine through the built binary, on real speech.
 
-use sttpipe::engine::local::word_error_rate;
-
 use crate::daemon::Daemon;
 use crate::util;
+use crate::util::wer::word_error_rate;
 
 /// Whether the engine's files are there; when CI demands them
 /// (`STTPIPE_REQUIRE_LOCAL_ENGINE=1`, set by scripts/test), missing is a failure.
 fn engine_provisioned() -> bool {
-    let dir = sttpipe::engine::local::default_dir();
+    let dir = util::engine_dir::default_engine_dir();
     let present = dir.as_ref().is_some_and(|d| d.join("lib").exists());
     if !present && std::env::var_os("STTPIPE_REQUIRE_LOCAL_ENGINE").is_some() {
         panic!("the local engine is not provisioned in {dir:?}: run scripts/fetch-local-engine");

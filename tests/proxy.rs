@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sttpipe::emulator::marker::Word;
-use sttpipe::emulator::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome};
+use soniox_emulator::marker::Word;
+use soniox_emulator::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sttpipe::emulator::{AuthMethod, EmulatorConfig};
+use soniox_emulator::{AuthMethod, EmulatorConfig};
 use tokio::process::Command;
 
 use crate::util;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sttpipe::emulator::{EmulatorConfig, Outcome};
+use soniox_emulator::{EmulatorConfig, Outcome};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::input::read_events_until;
@@ -105,7 +105,7 @@ async fn sigterm_mid_stream_drains_the_finals() {
 /// 2.5 s of audio, taken to the point where it has stalled: a drain then
 /// cannot finish.
 struct Stalled {
-    emulator: sttpipe::emulator::Emulator,
+    emulator: soniox_emulator::Emulator,
     child: tokio::process::Child,
     feeder: tokio::task::JoinHandle<()>,
 }

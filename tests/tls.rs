@@ -1,6 +1,6 @@
 //! TLS: the filter against the emulator over wss:// with a private CA.
 
-use sttpipe::emulator::EmulatorConfig;
+use soniox_emulator::EmulatorConfig;
 
 use crate::util::{self, KEY};
 
@@ -8,7 +8,7 @@ use crate::util::{self, KEY};
 /// word comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_a_private_ca() {
-    let (ca_pem, identity) = util::tls::test_identity();
+    let (ca_pem, identity) = soniox_emulator::tls::test_identity();
     let emulator = util::emulator(EmulatorConfig {
         tls: Some(identity),
         ..EmulatorConfig::default()
@@ -29,14 +29,14 @@ async fn wss_with_a_private_ca() {
 /// exit 78 (a configuration problem, not worth retrying), no retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_a_clear_error() {
-    let (_, identity) = util::tls::test_identity();
+    let (_, identity) = soniox_emulator::tls::test_identity();
     let emulator = util::emulator(EmulatorConfig {
         tls: Some(identity),
         ..EmulatorConfig::default()
     })
     .await;
     // Trust another CA than the one that signed the emulator's certificate.
-    let (other_ca, _) = util::tls::test_identity();
+    let (other_ca, _) = soniox_emulator::tls::test_identity();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = util::write_file(dir.path(), "other.pem", other_ca.as_bytes());
     for extra in [

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sttpipe::emulator::marker;
-use sttpipe::emulator::{Emulator, EmulatorConfig};
+use soniox_emulator::marker;
+use soniox_emulator::{Emulator, EmulatorConfig};
 
 /// Where GNU time lives (Debian package `time`).
 const GNU_TIME: &str = "/usr/bin/time";

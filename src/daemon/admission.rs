@@ -14,11 +14,11 @@ use tokio::sync::oneshot;
 
 /// The limits, changeable at run time (SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Client sessions streaming at once.
-    pub max_upstream: usize,
+    pub(crate) max_upstream: usize,
     /// Client sessions that may wait.
-    pub queue: usize,
+    pub(crate) queue: usize,
 }
 
 #[derive(Debug)]
@@ -31,13 +31,13 @@ struct State {
 
 /// The slot pool.
 #[derive(Debug, Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     state: Arc<Mutex<State>>,
 }
 
 /// What asking for a slot gave.
 #[derive(Debug)]
-pub enum Ticket {
+pub(crate) enum Ticket {
     /// A slot, at once.
     Admitted(Slot),
     /// A place in the queue (1-based position); await [`Waiting::slot`].
@@ -48,16 +48,16 @@ pub enum Ticket {
 
 /// A place in the queue.
 #[derive(Debug)]
-pub struct Waiting {
+pub(crate) struct Waiting {
     /// 1-based position when queued.
-    pub position: usize,
+    pub(crate) position: usize,
     admission: Admission,
     wake: oneshot::Receiver<()>,
 }
 
 impl Waiting {
     /// Waits for the slot.
-    pub async fn slot(self) -> Slot {
+    pub(crate) async fn slot(self) -> Slot {
         // The sender is only dropped after sending (a slot handed over) or
         // when the admission is gone with its waiters, which cannot happen
         // while `self.admission` holds it.
@@ -70,7 +70,7 @@ impl Waiting {
 
 /// An upstream slot; released on drop, handing it to the next waiter.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     admission: Admission,
 }
 
@@ -82,7 +82,7 @@ impl Drop for Slot {
 
 impl Admission {
     /// A pool with `limits`.
-    pub fn new(limits: Limits) -> Admission {
+    pub(crate) fn new(limits: Limits) -> Admission {
         Admission {
             state: Arc::new(Mutex::new(State {
                 limits,
@@ -99,7 +99,7 @@ impl Admission {
     }
 
     /// Asks for a slot.
-    pub fn ask(&self) -> Ticket {
+    pub(crate) fn ask(&self) -> Ticket {
         let mut state = self.lock();
         state.waiting.retain(|w| !w.is_closed());
         if state.active < state.limits.max_upstream && state.waiting.is_empty() {
@@ -140,14 +140,14 @@ impl Admission {
 
     /// New limits (SIGHUP): a higher limit admits waiters at once; a lower
     /// one lets running sessions finish.
-    pub fn set_limits(&self, limits: Limits) {
+    pub(crate) fn set_limits(&self, limits: Limits) {
         let mut state = self.lock();
         state.limits = limits;
         Self::hand_over(&mut state);
     }
 
     /// (streaming, waiting, limits) now.
-    pub fn usage(&self) -> (usize, usize, Limits) {
+    pub(crate) fn usage(&self) -> (usize, usize, Limits) {
         let mut state = self.lock();
         state.waiting.retain(|w| !w.is_closed());
         (state.active, state.waiting.len(), state.limits)

@@ -13,35 +13,18 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use crate::cli::EngineChoice;
+use crate::cli::values::EngineChoice;
 use crate::config::{ApiKey, EngineRequest, ServiceConfig};
 use crate::engine::local::LocalEngine;
 use crate::engine::soniox::SonioxEngine;
-use crate::engine::{Engine, RateLimiter};
+use crate::engine::{Engine, RateLimiter, SessionEngines};
 use crate::error::{Error, Result};
 
 use super::Settings;
 
-/// What one session runs on.
-#[derive(Debug)]
-pub struct SessionEngines {
-    /// The engine it starts on.
-    pub engine: Engine,
-    /// The engine it goes on with if Soniox fails for good.
-    pub fallback: Option<Engine>,
-}
-
-impl SessionEngines {
-    /// Whether the session starts on this machine (so it needs no real-time
-    /// pacing: the local engine takes audio as fast as it can decode it).
-    pub fn is_local(&self) -> bool {
-        matches!(self.engine, Engine::Local(_))
-    }
-}
-
 /// The engines of one generation of the daemon's settings.
 #[derive(Debug, Clone)]
-pub struct Engines {
+pub(crate) struct Engines {
     soniox: Option<Engine>,
     local: Option<LocalEngine>,
     default: EngineChoice,
@@ -54,7 +37,7 @@ impl Engines {
     /// the default engine is local, and a client asking for Soniox then
     /// gets an error). A local engine already loaded in
     /// `previous` with the same files and model is kept, not loaded again.
-    pub fn build(
+    pub(crate) fn build(
         settings: &Settings,
         key: Option<ApiKey>,
         rate: &Arc<RateLimiter>,
@@ -75,9 +58,7 @@ impl Engines {
         };
         let wants_local = settings.engine == EngineChoice::Local || settings.fallback_local;
         let local = if wants_local {
-            let fresh = LocalEngine::new(settings.model_dir.clone())?
-                .with_model(settings.local_model)?
-                .with_partials(true);
+            let fresh = LocalEngine::new(&settings.local)?;
             let loaded = previous
                 .and_then(|p| p.local.as_ref())
                 .filter(|old| old.dir() == fresh.dir() && old.model() == fresh.model());
@@ -95,7 +76,7 @@ impl Engines {
 
     /// Loads the local engine, if the daemon runs it, so the first session
     /// does not wait for it (and missing or broken files show at start).
-    pub async fn preload(&self) -> Result<()> {
+    pub(crate) async fn preload(&self) -> Result<()> {
         if let Some(local) = &self.local {
             local.preload().await?;
             info!(model = local.model().name(), dir = %local.dir().display(), "local engine loaded");
@@ -106,7 +87,11 @@ impl Engines {
     /// The engines for a session whose client asked for `request`.
     /// `partials`: whether the client wants non-final tokens (the local
     /// engine then decodes as the audio comes, not only at segment ends).
-    pub fn for_session(&self, request: EngineRequest, partials: bool) -> Result<SessionEngines> {
+    pub(crate) fn for_session(
+        &self,
+        request: EngineRequest,
+        partials: bool,
+    ) -> Result<SessionEngines> {
         let local = || {
             self.local.clone().map(|l| Engine::Local(l.with_partials(partials))).ok_or_else(|| {
                 Error::Config(

@@ -15,260 +15,44 @@
 //! `STOPPING=1`, stops accepting, ends every session's audio and drains
 //! their finals within `--drain-timeout`, then exits 0.
 
-pub mod admission;
-pub mod engines;
-pub mod protocol;
-pub mod proxy;
-pub mod registry;
+mod admission;
+mod engines;
+mod launch;
+mod proxy;
+mod registry;
+mod settings;
 mod unix;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clap::ValueEnum;
-use serde::Deserialize;
+use clap::ArgMatches;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cli::{DEFAULT_SOCKET, EngineChoice, FallbackChoice, Region, ServeOpts};
-use crate::config::{ApiKey, EngineRequest, SessionConfig, Timing, load_api_key, resolve_url};
-use crate::engine::Engine;
-use crate::engine::RateLimiter;
-use crate::engine::local::LocalModel;
+use crate::cli::ServeArgs;
+use crate::cli::values::EngineChoice;
+use crate::config::{ApiKey, SessionConfig, SessionRequest, Timing, load_api_key};
+use crate::engine::{RateLimiter, SessionEngines};
 use crate::error::{EXIT_OK, Error, Result};
-use crate::event::Event;
 use crate::systemd::{ListenFds, Notifier};
-use admission::{Admission, Limits, Slot, Ticket};
+use admission::Admission;
 use engines::Engines;
-use registry::{Peer, Progress, Registry, State};
-
-/// The settings file read when `--config` is not given, if it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/sttpipe/sttpipe.toml";
-
-/// The settings file: the `serve` flags' names with underscores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    socket: Option<PathBuf>,
-    api_key_file: Option<PathBuf>,
-    region: Option<String>,
-    url: Option<String>,
-    ca_file: Option<PathBuf>,
-    max_upstream: Option<usize>,
-    new_sessions_per_minute: Option<u32>,
-    queue: Option<usize>,
-    max_sessions_per_uid: Option<usize>,
-    allow_uid: Option<Vec<u32>>,
-    allow_gid: Option<Vec<u32>>,
-    socket_group: Option<String>,
-    ws_listen: Option<SocketAddr>,
-    ws_token_file: Option<PathBuf>,
-    warm_pool: Option<usize>,
-    drain_timeout: Option<f64>,
-    header_timeout: Option<f64>,
-    engine: Option<String>,
-    fallback: Option<String>,
-    model_dir: Option<PathBuf>,
-    local_model: Option<String>,
-}
-
-/// Who may connect: root always; else anyone, or only the listed uids and
-/// (primary) gids when either list is given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Access {
-    /// Allowed uids.
-    pub uids: Vec<u32>,
-    /// Allowed gids.
-    pub gids: Vec<u32>,
-}
-
-impl Access {
-    /// Whether `peer` may use the daemon.
-    pub fn allows(&self, peer: &Peer) -> bool {
-        peer.uid == 0
-            || (self.uids.is_empty() && self.gids.is_empty())
-            || self.uids.contains(&peer.uid)
-            || self.gids.contains(&peer.gid)
-    }
-}
-
-/// The daemon's resolved settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Socket path, when the daemon binds its own.
-    pub socket: PathBuf,
-    /// API key file, if not from the environment or credentials.
-    pub api_key_file: Option<PathBuf>,
-    /// Service URL.
-    pub url: String,
-    /// CA file for a private endpoint.
-    pub ca_file: Option<PathBuf>,
-    /// Slots and queue.
-    pub limits: Limits,
-    /// New upstream sessions a minute.
-    pub new_sessions_per_minute: u32,
-    /// Sessions per uid (0: no limit).
-    pub max_sessions_per_uid: usize,
-    /// Who may connect.
-    pub access: Access,
-    /// Group for a socket the daemon binds.
-    pub socket_group: Option<String>,
-    /// WebSocket endpoint address.
-    pub ws_listen: Option<SocketAddr>,
-    /// Token file for the WebSocket endpoint.
-    pub ws_token_file: Option<PathBuf>,
-    /// Warm upstream connections.
-    pub warm_pool: usize,
-    /// Drain bound on SIGTERM.
-    pub drain_timeout: Duration,
-    /// Header bound.
-    pub header_timeout: Duration,
-    /// The engine of sessions that do not ask for one.
-    pub engine: EngineChoice,
-    /// Whether Soniox sessions fall back to the local engine.
-    pub fallback_local: bool,
-    /// The local engine's files (`None`: the default directory).
-    pub model_dir: Option<PathBuf>,
-    /// The local engine's model.
-    pub local_model: LocalModel,
-    /// Time scale (tests).
-    pub timing: Timing,
-}
-
-impl Settings {
-    /// Flags over the settings file over defaults.
-    pub fn resolve(opts: &ServeOpts, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
-        let file = read_file_settings(opts.config.as_deref())?;
-        let region = match opts.region {
-            Some(region) => region,
-            None => match &file.region {
-                Some(name) => Region::from_str(name, true).map_err(|_| {
-                    Error::Usage(format!("unknown region {name:?} in the settings file"))
-                })?,
-                None => Region::Us,
-            },
-        };
-        let url = resolve_url(opts.url.as_deref().or(file.url.as_deref()), region)?;
-        let engine = match (opts.engine, &file.engine) {
-            (Some(engine), _) => engine,
-            (None, Some(name)) => EngineChoice::from_str(name, true).map_err(|_| {
-                Error::Config(format!("unknown engine {name:?} in the settings file"))
-            })?,
-            (None, None) => EngineChoice::Soniox,
-        };
-        let fallback_local = match (opts.fallback, &file.fallback) {
-            (Some(FallbackChoice::Local), _) => true,
-            (None, Some(name)) => {
-                FallbackChoice::from_str(name, true).map_err(|_| {
-                    Error::Config(format!("unknown fallback {name:?} in the settings file"))
-                })?;
-                true
-            }
-            (None, None) => false,
-        };
-        let seconds = |value: Option<f64>, default: f64, name: &str| -> Result<Duration> {
-            let value = value.unwrap_or(default);
-            if value.is_finite() && value >= 0.0 {
-                Ok(Duration::from_secs_f64(value))
-            } else {
-                Err(Error::Usage(format!(
-                    "--{name} must be a number of seconds ≥ 0"
-                )))
-            }
-        };
-        Ok(Settings {
-            socket: opts
-                .socket
-                .clone()
-                .or(file.socket)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-            api_key_file: opts.api_key_file.clone().or(file.api_key_file),
-            url,
-            ca_file: opts.ca_file.clone().or(file.ca_file),
-            limits: Limits {
-                max_upstream: opts.max_upstream.or(file.max_upstream).unwrap_or(10),
-                queue: opts.queue.or(file.queue).unwrap_or(100),
-            },
-            new_sessions_per_minute: opts
-                .new_sessions_per_minute
-                .or(file.new_sessions_per_minute)
-                .unwrap_or(100),
-            max_sessions_per_uid: opts
-                .max_sessions_per_uid
-                .or(file.max_sessions_per_uid)
-                .unwrap_or(0),
-            access: Access {
-                uids: opts
-                    .allow_uid
-                    .clone()
-                    .or(file.allow_uid)
-                    .unwrap_or_default(),
-                gids: opts
-                    .allow_gid
-                    .clone()
-                    .or(file.allow_gid)
-                    .unwrap_or_default(),
-            },
-            socket_group: opts.socket_group.clone().or(file.socket_group),
-            ws_listen: opts.ws_listen.or(file.ws_listen),
-            ws_token_file: opts.ws_token_file.clone().or(file.ws_token_file),
-            warm_pool: opts.warm_pool.or(file.warm_pool).unwrap_or(2),
-            drain_timeout: seconds(
-                opts.drain_timeout.or(file.drain_timeout),
-                10.0,
-                "drain-timeout",
-            )?,
-            header_timeout: seconds(
-                opts.header_timeout.or(file.header_timeout),
-                5.0,
-                "header-timeout",
-            )?,
-            engine,
-            fallback_local,
-            model_dir: opts.model_dir.clone().or(file.model_dir),
-            local_model: opts
-                .local_model
-                .as_deref()
-                .or(file.local_model.as_deref())
-                .map_or(Ok(LocalModel::default()), str::parse)?,
-            timing: Timing::from_env(env)?,
-        })
-    }
-}
-
-fn read_file_settings(path: Option<&Path>) -> Result<FileSettings> {
-    let (path, required) = match path {
-        Some(path) => (path, true),
-        None => (Path::new(DEFAULT_CONFIG), false),
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(FileSettings::default());
-        }
-        Err(err) => {
-            return Err(Error::Config(format!(
-                "cannot read settings file {}: {err}",
-                path.display()
-            )));
-        }
-    };
-    toml::from_str(&text)
-        .map_err(|e| Error::Config(format!("settings file {}: {}", path.display(), e.message())))
-}
+use registry::{Peer, Registry};
+use settings::{Access, Settings};
 
 /// State shared by the accept loop and every client.
-pub struct Shared {
+#[derive(Debug)]
+pub(crate) struct Shared {
     engines: Mutex<Engines>,
     admission: Admission,
     rate: Arc<RateLimiter>,
@@ -320,23 +104,19 @@ impl Shared {
         format!("{:08x}-{n}", std::process::id())
     }
 
-    /// A client's session: the engine it runs on, and its settings with
-    /// the daemon's own bounds and fallback.
-    fn session(
-        &self,
-        mut config: SessionConfig,
-        request: EngineRequest,
-    ) -> Result<(Engine, SessionConfig)> {
-        let engines = self.engines().for_session(request, config.partials)?;
+    /// A client's session: the engines it runs on, and its settings with
+    /// the daemon's own bounds.
+    fn session(&self, request: &SessionRequest) -> Result<(SessionEngines, SessionConfig)> {
+        let engines = self
+            .engines()
+            .for_session(request.engines, request.partials)?;
+        let settings = Self::lock(&self.settings);
+        let mut config = SessionConfig::new(request, &settings.session_limits(), settings.timing);
         if engines.is_local() {
             // Real-time pace is the service's rule, not the local engine's.
             config.max_lead = crate::session::UNPACED;
         }
-        let settings = Self::lock(&self.settings);
-        config.drain_timeout = settings.drain_timeout;
-        config.timing = settings.timing;
-        config.fallback = engines.fallback;
-        Ok((engines.engine, config))
+        Ok((engines, config))
     }
 
     /// The `status` document.
@@ -363,38 +143,11 @@ impl Shared {
     }
 }
 
-/// Waits for an upstream slot, telling the client its place in the queue.
-/// `None` if it is refused (busy) or the daemon stops first.
-async fn admit(shared: &Shared, events: &mpsc::Sender<Event>, progress: &Progress) -> Option<Slot> {
-    match shared.admission.ask() {
-        Ticket::Admitted(slot) => Some(slot),
-        Ticket::Busy => {
-            let err = Error::Busy(
-                "the daemon is busy: every upstream slot is taken and the queue is full".into(),
-            );
-            let _ = events.send(Event::error(&err)).await;
-            None
-        }
-        Ticket::Queued(waiting) => {
-            progress.set_state(State::Queued);
-            let _ = events
-                .send(Event::Queued {
-                    position: waiting.position,
-                })
-                .await;
-            tokio::select! {
-                slot = waiting.slot() => Some(slot),
-                () = shared.stop.cancelled() => None,
-            }
-        }
-    }
-}
-
 /// Runs the daemon: the synchronous entry point. `fds` are the sockets
 /// systemd passed, taken before any thread started.
-pub fn main(opts: ServeOpts, fds: ListenFds) -> u8 {
+pub(crate) fn main(args: ServeArgs, given: ArgMatches, fds: ListenFds) -> u8 {
     let env = |name: &str| std::env::var(name).ok();
-    let settings = match Settings::resolve(&opts, &env) {
+    let settings = match Settings::resolve(&args, &given, &env) {
         Ok(settings) => settings,
         Err(err) => return fail(&err),
     };
@@ -409,7 +162,8 @@ pub fn main(opts: ServeOpts, fds: ListenFds) -> u8 {
         Ok(runtime) => runtime,
         Err(err) => return fail(&Error::Internal(format!("cannot start the runtime: {err}"))),
     };
-    match runtime.block_on(serve(opts, settings, key, fds)) {
+    let command_line = CommandLine { args, given };
+    match runtime.block_on(serve(command_line, settings, key, fds)) {
         Ok(()) => EXIT_OK,
         Err(err) => fail(&err),
     }
@@ -516,8 +270,14 @@ fn listen(settings: &Settings, fds: &mut ListenFds) -> Result<Listener> {
     })
 }
 
+/// `serve`'s command line, kept for reloads.
+struct CommandLine {
+    args: ServeArgs,
+    given: ArgMatches,
+}
+
 async fn serve(
-    opts: ServeOpts,
+    command_line: CommandLine,
     settings: Settings,
     key: Option<ApiKey>,
     mut fds: ListenFds,
@@ -571,7 +331,7 @@ async fn serve(
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 notifier.reloading();
-                match reload(&opts, &shared).await {
+                match reload(&command_line, &shared).await {
                     Ok(()) => info!("settings and key reloaded"),
                     Err(err) => warn!(error = %err, "reload failed; keeping the old settings"),
                 }
@@ -630,9 +390,9 @@ async fn accept_failed(err: std::io::Error) {
 }
 
 /// SIGHUP: the settings file and the key again; running sessions keep theirs.
-async fn reload(opts: &ServeOpts, shared: &Shared) -> Result<()> {
+async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
     let env = |name: &str| std::env::var(name).ok();
-    let settings = Settings::resolve(opts, &env)?;
+    let settings = Settings::resolve(&command_line.args, &command_line.given, &env)?;
     let key = load_key(&settings, &env)?;
     let engines = Engines::build(&settings, key, &shared.rate, Some(&shared.engines()))?;
     engines.preload().await?;
@@ -648,59 +408,4 @@ async fn reload(opts: &ServeOpts, shared: &Shared) -> Result<()> {
     debug!(?settings.limits, "new limits");
     *Shared::lock(&shared.settings) = settings;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn access_rules() {
-        let peer = |uid, gid| Peer {
-            uid,
-            gid,
-            pid: None,
-        };
-        let open = Access::default();
-        assert!(open.allows(&peer(1000, 1000)));
-        let listed = Access {
-            uids: vec![1000],
-            gids: vec![50],
-        };
-        assert!(listed.allows(&peer(1000, 1)));
-        assert!(listed.allows(&peer(7, 50)));
-        assert!(listed.allows(&peer(0, 0)), "root always may");
-        assert!(!listed.allows(&peer(1001, 1001)));
-    }
-
-    #[test]
-    fn the_settings_file_fills_in_and_flags_win() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("sttpipe.toml");
-        std::fs::write(
-            &file,
-            "max_upstream = 3\nqueue = 7\nregion = \"eu\"\nallow_uid = [1000]\n",
-        )
-        .unwrap();
-        let opts = ServeOpts {
-            config: Some(file.clone()),
-            queue: Some(9),
-            ..ServeOpts::default()
-        };
-        let settings = Settings::resolve(&opts, &|_| None).unwrap();
-        assert_eq!(
-            settings.limits,
-            Limits {
-                max_upstream: 3,
-                queue: 9
-            }
-        );
-        assert!(settings.url.contains(".eu."));
-        assert_eq!(settings.access.uids, [1000]);
-        std::fs::write(&file, "max_upstreams = 3\n").unwrap();
-        assert!(matches!(
-            Settings::resolve(&opts, &|_| None),
-            Err(Error::Config(_))
-        ));
-    }
 }

@@ -28,20 +28,17 @@
 //! otherwise lock out the rest; the upstream limit and the queue still apply,
 //! and the local token is their access rule.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use clap::Parser;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,20 +47,17 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use soniox_wire::{ApiError, Bounds, StartRequest, Translation};
+
+use super::Shared;
+use super::launch::{self, Client as LaunchClient, Refusal, Running};
 use super::registry::{Peer, Progress, State};
-use super::{Shared, admit};
-use crate::audio::AudioFormat;
-use crate::cli::Opts;
-use crate::config::{EngineRequest, RecognitionOptions, SessionConfig, Translation};
-use crate::engine::Engine;
+use crate::cli::{ContextArg, SessionArgs};
+use crate::config::resolve::{self, Origin};
 use crate::error::Error;
 use crate::event::{Event, Token};
-use crate::session::{self, SessionInput, Summary};
-use crate::soniox_wire::{self as wire, ApiError, opt_bool, opt_str, parse_start_object};
+use crate::session::{SessionInput, Summary};
 use crate::timer::LazyTimer;
-// Named by the tests.
-#[cfg(test)]
-use crate::soniox_wire::MSG_MISSING_FORMAT;
 
 /// The browser page served at `GET /`.
 const PAGE: &str = include_str!("page.html");
@@ -169,7 +163,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             if stream.write_all(response.as_bytes()).await.is_err() {
                 return;
             }
-            let config = wire::websocket_config()
+            let config = soniox_wire::websocket_config()
                 .max_message_size(Some(MAX_MESSAGE_BYTES))
                 .max_frame_size(Some(MAX_MESSAGE_BYTES));
             // Whatever the client sent after its head is the start of the
@@ -354,11 +348,11 @@ impl std::fmt::Debug for ClientKey {
     }
 }
 
-type Refusal = (u16, &'static str, &'static [&'static str]);
+type HttpRefusal = (u16, &'static str, &'static [&'static str]);
 
 impl Upgrade {
     /// Checks an upgrade request (RFC 6455 §4.2.1) and reads its key.
-    fn check(head: &Head) -> Result<Upgrade, Refusal> {
+    fn check(head: &Head) -> Result<Upgrade, HttpRefusal> {
         if head.method != "GET" || !head.has_token("connection", "upgrade") {
             return Err((400, "Bad Request", &[]));
         }
@@ -441,191 +435,102 @@ async fn respond_page(stream: &mut TcpStream, body: &[u8], length: usize) {
 // ---------------------------------------------------------------------------
 // Soniox errors.
 
-/// A Soniox error frame (§7.5) for the client: one from the catalogue
-/// ([`ApiError`]), or one relayed from the service, whose `error_type` may be
-/// any string, hence owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SonioxError {
-    code: u16,
-    error_type: Cow<'static, str>,
-    message: Cow<'static, str>,
-}
-
-impl SonioxError {
-    fn new(code: u16, message: impl Into<Cow<'static, str>>) -> SonioxError {
-        SonioxError {
+/// The Soniox error frame for an error that ended a session.
+fn api_error(err: &Error) -> ApiError {
+    match err {
+        // The daemon's own key was refused upstream: the client's key is
+        // fine, so a 401 would send it chasing the wrong problem.
+        Error::Service { code: 401, .. } => ApiError::with_code(
+            500,
+            "The daemon's upstream API key was rejected by the service.",
+        ),
+        Error::Service {
             code,
-            error_type: Cow::Borrowed(wire::error_type_for(code)),
-            message: message.into(),
+            error_type,
+            message,
+        } => match error_type {
+            Some(error_type) => ApiError::new(*code, error_type.clone(), message.clone()),
+            None => ApiError::with_code(*code, message.clone()),
+        },
+        Error::RetryBudgetSpent { last, .. } if matches!(**last, Error::Service { .. }) => {
+            api_error(last)
         }
-    }
-
-    fn bad_request(message: impl Into<Cow<'static, str>>) -> SonioxError {
-        SonioxError::new(400, message)
-    }
-
-    /// The frame for an error that ended a session.
-    fn from_error(err: &Error) -> SonioxError {
-        match err {
-            // The daemon's own key was refused upstream: the client's key is
-            // fine, so a 401 would send it chasing the wrong problem.
-            Error::Service { code: 401, .. } => SonioxError::new(
-                500,
-                "The daemon's upstream API key was rejected by the service.",
-            ),
-            Error::Service {
-                code,
-                error_type,
-                message,
-            } => SonioxError {
-                code: *code,
-                error_type: error_type
-                    .clone()
-                    .map_or(Cow::Borrowed(wire::error_type_for(*code)), Cow::Owned),
-                message: Cow::Owned(message.clone()),
-            },
-            Error::RetryBudgetSpent { last, .. } if matches!(**last, Error::Service { .. }) => {
-                SonioxError::from_error(last)
-            }
-            Error::Busy(_) => SonioxError::new(429, err.to_string()),
-            Error::Forbidden(_) => SonioxError::new(403, err.to_string()),
-            Error::Usage(_) | Error::BadAudio(_) => SonioxError::bad_request(err.to_string()),
-            Error::Connect { .. }
-            | Error::Disconnected(_)
-            | Error::Stalled(_)
-            | Error::RetryBudgetSpent { .. } => SonioxError::new(503, err.to_string()),
-            _ => SonioxError::new(500, err.to_string()),
-        }
-    }
-
-    /// The frame for an `error` event, when the error itself is not at hand.
-    fn from_event(code: &str, status: Option<u16>, message: &str) -> SonioxError {
-        let status = status.unwrap_or(match code {
-            "busy" => 429,
-            "forbidden" => 403,
-            "usage" | "bad_audio" => 400,
-            "connect" | "disconnected" | "stalled" | "retry_budget" => 503,
-            _ => 500,
-        });
-        SonioxError::new(status, message.to_owned())
-    }
-
-    fn to_json(&self, request_id: &str) -> String {
-        wire::error_frame(self.code, &self.error_type, &self.message, request_id)
+        Error::Busy(_) => ApiError::with_code(429, err.to_string()),
+        Error::Forbidden(_) => ApiError::with_code(403, err.to_string()),
+        Error::Usage(_) | Error::BadAudio(_) => ApiError::bad_request(err.to_string()),
+        Error::Connect { .. }
+        | Error::Disconnected(_)
+        | Error::Stalled(_)
+        | Error::RetryBudgetSpent { .. } => ApiError::with_code(503, err.to_string()),
+        _ => ApiError::with_code(500, err.to_string()),
     }
 }
 
-impl From<ApiError> for SonioxError {
-    fn from(err: ApiError) -> SonioxError {
-        SonioxError {
-            code: err.code,
-            error_type: Cow::Borrowed(err.error_type),
-            message: Cow::Owned(err.message),
-        }
-    }
+/// The frame for an `error` event, when the error itself is not at hand.
+fn api_error_from_event(code: &str, status: Option<u16>, message: &str) -> ApiError {
+    let status = status.unwrap_or(match code {
+        "busy" => 429,
+        "forbidden" => 403,
+        "usage" | "bad_audio" => 400,
+        "connect" | "disconnected" | "stalled" | "retry_budget" => 503,
+        _ => 500,
+    });
+    ApiError::with_code(status, message)
 }
 
 // ---------------------------------------------------------------------------
 // The start request.
 
-/// What a start request asks for. No `Debug`: it holds the client's key;
-/// logs use [`RedactedStart`].
-struct StartRequest {
-    recognition: RecognitionOptions,
-    audio: AudioFormat,
-    /// Non-final tokens wanted (legacy `enable_non_final_tokens`, default true).
-    partials: bool,
-    /// The deprecated `api_key`, only for the token check.
-    api_key: Option<String>,
-}
+/// The layouts the daemon takes for raw formats (as for the filter's
+/// `--rate` and `--channels`).
+const BOUNDS: Bounds = Bounds {
+    sample_rate: 1..=resolve::MAX_RATE,
+    channels: 1..=resolve::MAX_CHANNELS,
+};
 
-/// A start request for logs: without its key.
-struct RedactedStart<'a>(&'a StartRequest);
-
-impl std::fmt::Debug for RedactedStart<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StartRequest")
-            .field("recognition", &self.0.recognition)
-            .field("audio", &self.0.audio)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Turns a start request into session settings: the inverse of
-/// [`crate::engine::soniox::start_request`]. Checks what the daemon itself
-/// needs (JSON types, the audio format); what only the service knows (model
-/// names, languages, context length) is left to it, and its error frame is
-/// relayed.
-fn parse_start(map: &Map<String, Value>) -> Result<StartRequest, SonioxError> {
-    let api_key = wire::start_api_key(map)?;
-    let model = wire::model(map)?.to_owned();
-    let audio = parse_audio_format(map)?;
-    let language_hints = wire::language_hints(map)?
-        .map(|hint| hint.map(str::to_owned))
-        .collect::<Result<_, _>>()?;
-    let context = wire::context(map)?.cloned();
-    // Only the form is checked: the range is the service's to refuse.
-    let max_endpoint_delay_ms =
-        wire::max_endpoint_delay_ms(map)?.map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
-    let translation = wire::translation(map)?.map(|t| match t {
-        wire::TranslationRequest::OneWay { target_language } => Translation::OneWay {
-            target_language: target_language.to_owned(),
-        },
-        wire::TranslationRequest::TwoWay {
+/// A start request as the session's options: the same schema as the
+/// filter's flags and the socket header, resolved by the same function. A
+/// Soniox client wants the non-final tokens unless it opted out, and knows
+/// nothing of engines (the daemon's own serve).
+fn session_args(start: &StartRequest) -> SessionArgs {
+    let defaults = SessionArgs::default();
+    let (translate_to, translate) = match &start.translation {
+        Some(Translation::OneWay { target_language }) => (Some(target_language.clone()), None),
+        Some(Translation::TwoWay {
             language_a,
             language_b,
-        } => Translation::TwoWay {
-            language_a: language_a.to_owned(),
-            language_b: language_b.to_owned(),
-        },
-    });
-    let partials = opt_bool(map, "enable_non_final_tokens")?.unwrap_or(true);
-    Ok(StartRequest {
-        recognition: RecognitionOptions {
-            model,
-            language_hints,
-            language_hints_strict: opt_bool(map, "language_hints_strict")?.unwrap_or(false),
-            context,
-            diarize: opt_bool(map, "enable_speaker_diarization")?.unwrap_or(false),
-            language_id: opt_bool(map, "enable_language_identification")?.unwrap_or(false),
-            endpoint_detection: opt_bool(map, "enable_endpoint_detection")?.unwrap_or(false),
-            max_endpoint_delay_ms,
-            translation,
-            client_reference_id: opt_str(map, "client_reference_id")?.map(str::to_owned),
-        },
-        audio,
-        partials,
-        api_key,
-    })
-}
-
-/// `audio_format`, `sample_rate` and `num_channels`, under the daemon's
-/// long format names (the service takes those too).
-fn parse_audio_format(map: &Map<String, Value>) -> Result<AudioFormat, ApiError> {
-    let name = wire::audio_format_name(map)?;
-    let long = wire::long_format_name(name).ok_or_else(|| ApiError::invalid_format(name))?;
-    if !AudioFormat::raw(&long, 1, 1).is_raw() {
-        return Ok(AudioFormat::container(&long));
+        }) => (None, Some(format!("{language_a}:{language_b}"))),
+        None => (None, None),
+    };
+    SessionArgs {
+        audio_format: start.audio_format.clone(),
+        rate: start.sample_rate.unwrap_or(defaults.rate),
+        channels: start.num_channels.unwrap_or(defaults.channels),
+        partials: start.enable_non_final_tokens.unwrap_or(true),
+        model: start.model.clone(),
+        language_hints: start.language_hints.clone(),
+        language_hints_strict: start.language_hints_strict.unwrap_or(false),
+        context: start.context.as_ref().map(|context| match context {
+            // A string that names a file is refused as from any client.
+            Value::String(text) => match text.strip_prefix('@') {
+                Some(path) => ContextArg::File(path.into()),
+                None => ContextArg::Text(text.clone()),
+            },
+            Value::Object(map) => ContextArg::Structured(map.clone()),
+            other => ContextArg::Text(other.to_string()),
+        }),
+        diarize: start.enable_speaker_diarization.unwrap_or(false),
+        language_id: start.enable_language_identification.unwrap_or(false),
+        endpoint_detection: start.enable_endpoint_detection.unwrap_or(false),
+        max_endpoint_delay_ms: start
+            .max_endpoint_delay_ms
+            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        translate_to,
+        translate,
+        client_reference_id: start.client_reference_id.clone(),
+        engine: None,
+        fallback: None,
     }
-    // Bounds as for the filter's --rate and --channels.
-    let (rate, channels) = wire::raw_layout(map, 1..=384_000, 1..=32)?;
-    Ok(AudioFormat::raw(&long, rate, channels))
-}
-
-/// The engine and session settings for a start request: the daemon's
-/// engine, defaults and bounds, the client's recognition options and format.
-fn session_config(shared: &Shared, start: &StartRequest) -> Result<(Engine, SessionConfig), Error> {
-    // The filter's defaults (idle close, replay buffer, rotation, retry
-    // budget) come from one place: the flags' own defaults.
-    let opts = Opts::try_parse_from(["sttpipe"])
-        .map_err(|e| Error::Internal(format!("default options: {e}")))?;
-    let mut config = SessionConfig::from_opts(&opts, shared.timing())?;
-    config.recognition = start.recognition.clone();
-    config.audio = start.audio.clone();
-    // Soniox clients expect the non-final tokens unless they opted out.
-    config.partials = start.partials;
-    // A Soniox client knows nothing of engines: the daemon's own serve.
-    shared.session(config, EngineRequest::default())
 }
 
 /// Compares a presented key with the token in time independent of where
@@ -656,7 +561,7 @@ impl Client {
     }
 
     /// Sends an error frame, then closes (Soniox closes right after an error).
-    async fn fail(&mut self, err: &SonioxError) {
+    async fn fail(&mut self, err: &ApiError) {
         info!(code = err.code, error_type = %err.error_type, message = %err.message, "error sent to the client");
         if self.send_text(err.to_json(&self.request_id)).await {
             self.close().await;
@@ -699,27 +604,25 @@ async fn run_client(
         Start::Text(text) => text,
         Start::Gone => return,
     };
-    let start = parse_start_object(&text)
-        .map_err(SonioxError::from)
-        .and_then(|map| {
-            // The key check comes before the option checks: an unauthenticated
-            // client learns nothing about them.
-            let start_key = wire::start_api_key(&map)?;
-            if let Some(token) = &token {
-                let presented = upgrade_key
-                    .as_ref()
-                    .map(|k| k.key.as_str())
-                    .or(start_key.as_deref());
-                match presented {
-                    None => return Err(SonioxError::new(401, "Missing API key.")),
-                    Some(key) if !key_matches(key, token) => {
-                        return Err(SonioxError::new(401, "Invalid API key."));
-                    }
-                    Some(_) => {}
+    let start = soniox_wire::fields::parse_object(&text).and_then(|map| {
+        // The key check comes before the option checks: an unauthenticated
+        // client learns nothing about them.
+        let start_key = soniox_wire::fields::api_key(&map)?;
+        if let Some(token) = &token {
+            let presented = upgrade_key
+                .as_ref()
+                .map(|k| k.key.as_str())
+                .or(start_key.as_deref());
+            match presented {
+                None => return Err(ApiError::with_code(401, "Missing API key.")),
+                Some(key) if !key_matches(key, token) => {
+                    return Err(ApiError::with_code(401, "Invalid API key."));
                 }
+                Some(_) => {}
             }
-            parse_start(&map)
-        });
+        }
+        StartRequest::read(map, &BOUNDS)
+    });
     let start = match start {
         Ok(start) => start,
         Err(err) => {
@@ -732,70 +635,57 @@ async fn run_client(
         (None, Some(_)) => "start_request",
         (None, None) => "none",
     };
-    debug!(start = ?RedactedStart(&start), key_source, "start request");
-    let (engine, config) = match session_config(shared, &start) {
-        Ok(session) => session,
-        Err(err) => {
-            client.fail(&SonioxError::from_error(&err)).await;
+    debug!(?start, key_source, "start request");
+    let launch_client = LaunchClient {
+        front: "ws",
+        peer: REMOTE_PEER,
+        per_uid_limit: 0,
+    };
+    let prepared = resolve::session(&session_args(&start), Origin::Client)
+        .map_err(Refusal::Error)
+        .and_then(|request| launch::prepare(shared, launch_client, &request));
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let admitted = match prepared {
+        Ok(prepared) => prepared.admit(&events_tx).await,
+        Err(refusal) => Err(refusal),
+    };
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(Refusal::Error(err)) => {
+            client.fail(&api_error(&err)).await;
+            return;
+        }
+        Err(Refusal::Stopping) => {
+            client
+                .fail(&ApiError::with_code(
+                    503,
+                    "The server is shutting down. Please restart the request.",
+                ))
+                .await;
             return;
         }
     };
-    let Some(registration) = shared.registry.register("ws", REMOTE_PEER, 0) else {
-        // Unreachable with no per-uid limit; refuse rather than run unlisted.
-        client
-            .fail(&SonioxError::new(429, "Too many sessions."))
-            .await;
-        return;
-    };
-    let progress = registration.progress.clone();
-    progress.set_bytes_per_second(config.audio.bytes_per_second());
-    // admit() reports the queue and `busy` as events; Soniox has no queue
-    // event, and the refusal is answered below from the outcome.
-    let (admit_tx, mut admit_rx) = mpsc::channel(4);
-    let slot = admit(shared, &admit_tx, &progress).await;
-    drop(admit_tx);
-    while let Ok(event) = admit_rx.try_recv() {
-        debug!(?event, "admission");
-    }
-    let Some(_slot) = slot else {
-        let err = if shared.stop.is_cancelled() {
-            SonioxError::new(
-                503,
-                "The server is shutting down. Please restart the request.",
-            )
-        } else {
-            SonioxError::from_error(&Error::Busy(
-                "The daemon is busy: every upstream slot is taken and the queue is full.".into(),
-            ))
-        };
-        client.fail(&err).await;
-        return;
-    };
-    progress.set_state(State::Streaming);
-    info!(session = %client.request_id, format = %config.audio, model = %config.recognition.model, key_source, "session start");
+    let progress = admitted.progress();
+    let frame = admitted_frame(&start);
     let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let session_id = client.request_id.clone();
-    let stop = shared.stop.child_token();
-    let session_config = config.clone();
-    let task = SessionTask(Some(tokio::spawn(async move {
-        session::run(
-            &engine,
-            &session_config,
-            session_id,
-            input_rx,
-            events_tx,
-            stop,
-        )
-        .await
-    })));
+    let running = admitted.spawn(client.request_id.clone(), input_rx, events_tx);
     let relay = Relay {
-        frame: config.audio.bytes_per_frame().unwrap_or(1),
+        frame,
         idle: timing.wall(IDLE_TIMEOUT),
         progress,
     };
-    relay.run(client, task, input_tx, events_rx).await;
-    drop(registration);
+    relay.run(client, running, input_tx, events_rx).await;
+}
+
+/// Bytes in one audio frame of the start request's format (1 for
+/// containers).
+fn admitted_frame(start: &StartRequest) -> usize {
+    let format = crate::audio::AudioFormat::raw(
+        &start.audio_format,
+        start.sample_rate.unwrap_or(1),
+        start.num_channels.unwrap_or(1),
+    );
+    format.bytes_per_frame().unwrap_or(1)
 }
 
 /// Reads up to the start request, answering keepalives (allowed before it,
@@ -805,11 +695,11 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
     loop {
         let message = tokio::select! {
             () = shared.stop.cancelled() => {
-                client.fail(&SonioxError::new(503, "The server is shutting down. Please restart the request.")).await;
+                client.fail(&ApiError::with_code(503, "The server is shutting down. Please restart the request.")).await;
                 return Start::Gone;
             }
             () = sleep_until(deadline) => {
-                client.fail(&SonioxError::new(408, "Start request timeout")).await;
+                client.fail(&ApiError::with_code(408, "Start request timeout")).await;
                 return Start::Gone;
             }
             message = client.stream.next() => message,
@@ -824,7 +714,7 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
             }
             Some(Ok(Message::Binary(_))) => {
                 client
-                    .fail(&SonioxError::bad_request(
+                    .fail(&ApiError::bad_request(
                         "Start request must be a text message.",
                     ))
                     .await;
@@ -851,7 +741,7 @@ enum Control {
     EndOfAudio,
     Keepalive,
     Finalize,
-    Invalid(SonioxError),
+    Invalid(ApiError),
 }
 
 fn parse_control(text: &str) -> Control {
@@ -859,7 +749,7 @@ fn parse_control(text: &str) -> Control {
         return Control::EndOfAudio;
     }
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        return Control::Invalid(SonioxError::bad_request("Control request is malformed."));
+        return Control::Invalid(ApiError::bad_request("Control request is malformed."));
     };
     match map.get("type") {
         Some(Value::String(kind)) if kind == "keepalive" => Control::Keepalive,
@@ -867,52 +757,9 @@ fn parse_control(text: &str) -> Control {
         // take; finalizing without it is still correct.
         Some(Value::String(kind)) if kind == "finalize" => Control::Finalize,
         Some(Value::String(_)) => {
-            Control::Invalid(SonioxError::bad_request("Control request invalid type."))
+            Control::Invalid(ApiError::bad_request("Control request invalid type."))
         }
-        _ => Control::Invalid(SonioxError::bad_request("Control request is malformed.")),
-    }
-}
-
-/// The session task; aborted if dropped before it ends, which abandons its
-/// upstream session (so a client that goes away frees its slot at once).
-struct SessionTask(Option<JoinHandle<crate::error::Result<Summary>>>);
-
-impl SessionTask {
-    /// The session's outcome; `None` if it does not end within the grace.
-    async fn outcome(&mut self) -> Option<crate::error::Result<Summary>> {
-        let handle = self.0.as_mut()?;
-        let outcome = tokio::time::timeout(CLOSE_GRACE, handle).await;
-        match outcome {
-            Ok(Ok(result)) => {
-                self.0 = None;
-                Some(result)
-            }
-            Ok(Err(join)) => {
-                self.0 = None;
-                warn!(error = %join, "the session task failed");
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// Ends the session now, abandoning its upstream session (no end of
-    /// audio, no drain). Waits for the task to be gone, so that the input
-    /// channel closing afterwards cannot be taken for an end of audio.
-    async fn abandon(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-            // Cancelled (or it had just ended): either way it is over.
-            let _ = handle.await;
-        }
-    }
-}
-
-impl Drop for SessionTask {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-        }
+        _ => Control::Invalid(ApiError::bad_request("Control request is malformed.")),
     }
 }
 
@@ -931,14 +778,14 @@ enum Terminal {
     /// The session ended; `audio_ms` of audio were read.
     End { audio_ms: u64 },
     /// The session failed with this (event) error.
-    Error(SonioxError),
+    Error(ApiError),
 }
 
 impl Relay {
     async fn run(
         self,
         client: &mut Client,
-        task: SessionTask,
+        task: Running,
         input_tx: mpsc::Sender<SessionInput>,
         mut events: mpsc::Receiver<Event>,
     ) {
@@ -975,21 +822,19 @@ impl Relay {
                     match terminal {
                         None => {}
                         Some(Terminal::End { audio_ms }) => {
-                            let outcome = task.outcome().await;
-                            match &outcome {
+                            match outcome_within_grace(&mut task).await {
                                 Some(Ok(_)) => {}
                                 Some(Err(err)) => {
-                                    client.fail(&SonioxError::from_error(err)).await;
+                                    client.fail(&api_error(&err)).await;
                                     return;
                                 }
                                 // A panic, or a task that hangs after its end.
                                 None => {
-                                    log_outcome(&client.request_id, outcome);
-                                    client.fail(&SonioxError::new(500, "Internal error.")).await;
+                                    warn!(session = %client.request_id, "the session did not end in time");
+                                    client.fail(&ApiError::with_code(500, "Internal error.")).await;
                                     return;
                                 }
                             }
-                            log_outcome(&client.request_id, outcome);
                             let frame = transcript.finished(audio_ms);
                             if client.send_text(frame.to_string()).await {
                                 client.close().await;
@@ -1000,12 +845,10 @@ impl Relay {
                             // The session returns the error itself right after:
                             // it keeps the service's status, type and message.
                             drop(events);
-                            let outcome = task.outcome().await;
-                            let err = match &outcome {
-                                Some(Err(err)) => SonioxError::from_error(err),
+                            let err = match outcome_within_grace(&mut task).await {
+                                Some(Err(err)) => api_error(&err),
                                 _ => from_event,
                             };
-                            log_outcome(&client.request_id, outcome);
                             client.fail(&err).await;
                             return;
                         }
@@ -1063,7 +906,7 @@ impl Relay {
                 }
                 () = idle_timer.until(Some(idle_at)), if input.is_some() && pending.is_none() => {
                     task.abandon().await;
-                    client.fail(&SonioxError::new(408, "Request timeout.")).await;
+                    client.fail(&ApiError::with_code(408, "Request timeout.")).await;
                     return;
                 }
             }
@@ -1116,14 +959,12 @@ async fn reserve(
     }
 }
 
-fn log_outcome(session: &str, outcome: Option<crate::error::Result<Summary>>) {
-    match outcome {
-        Some(Ok(summary)) => {
-            info!(%session, audio_ms = summary.audio_ms, tokens = summary.tokens, reason = ?summary.reason, "session end")
-        }
-        Some(Err(err)) => info!(%session, error = %err, "session failed"),
-        None => warn!(%session, "the session did not end in time"),
-    }
+/// The session's outcome, if its task ends within [`CLOSE_GRACE`].
+async fn outcome_within_grace(task: &mut Running) -> Option<crate::error::Result<Summary>> {
+    tokio::time::timeout(CLOSE_GRACE, task.outcome())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The client's view of the transcript: what its responses have said.
@@ -1182,7 +1023,7 @@ impl Transcript {
                     message,
                     ..
                 } => {
-                    terminal = Some(Terminal::Error(SonioxError::from_event(
+                    terminal = Some(Terminal::Error(api_error_from_event(
                         &code, status, &message,
                     )));
                     break;
@@ -1331,20 +1172,25 @@ mod tests {
         assert_eq!(Upgrade::check(&old).err().map(|e| e.0), Some(426));
     }
 
-    fn start(value: Value) -> Result<StartRequest, SonioxError> {
+    /// A start request as the daemon reads it: shapes, then the session
+    /// options resolved as any client's.
+    fn start(value: Value) -> Result<(StartRequest, crate::config::SessionRequest), ApiError> {
         let Value::Object(map) = value else {
             panic!("an object")
         };
-        parse_start(&map)
+        let start = StartRequest::read(map, &BOUNDS)?;
+        let request =
+            resolve::session(&session_args(&start), Origin::Client).map_err(|e| api_error(&e))?;
+        Ok((start, request))
     }
 
     fn message(value: Value) -> String {
-        start(value).err().expect("an error").message.into_owned()
+        start(value).expect_err("an error").message
     }
 
     #[test]
     fn start_requests_become_session_settings() {
-        let parsed = start(json!({
+        let (parsed, request) = start(json!({
             "api_key": "client-key",
             "model": "stt-rt-v5",
             "audio_format": "s16le",
@@ -1361,29 +1207,30 @@ mod tests {
             "client_reference_id": "demo-1",
         }))
         .unwrap();
-        assert_eq!(parsed.audio, AudioFormat::raw("pcm_s16le", 48_000, 2));
-        assert_eq!(parsed.api_key.as_deref(), Some("client-key"));
-        assert!(parsed.partials);
-        let r = &parsed.recognition;
+        assert_eq!(
+            request.audio,
+            crate::audio::AudioFormat::raw("pcm_s16le", 48_000, 2)
+        );
+        assert!(request.partials);
+        assert_eq!(request.engines, crate::config::EngineRequest::default());
+        let r = &request.recognition;
         assert_eq!(r.language_hints, ["en", "de"]);
         assert!(r.language_hints_strict && r.diarize && !r.language_id && r.endpoint_detection);
         assert_eq!(r.max_endpoint_delay_ms, Some(800));
         assert_eq!(r.client_reference_id.as_deref(), Some("demo-1"));
-        // The inverse of start_request, minus the key.
-        let again = crate::engine::soniox::start_request(r, &parsed.audio);
-        assert_eq!(again["audio_format"], "pcm_s16le");
-        assert_eq!(
-            again["translation"],
-            json!({"type": "two_way", "language_a": "en", "language_b": "es"})
-        );
-        assert_eq!(again["context"], json!({"terms": ["Celebrex"]}));
-        assert!(again.get("api_key").is_none());
-        assert!(!format!("{:?}", RedactedStart(&parsed)).contains("client-key"));
+        // What goes upstream is what came in, minus the key.
+        let again = crate::engine::soniox::start_request(r, &request.audio);
+        assert_eq!(again.audio_format, "pcm_s16le");
+        assert_eq!(again.translation, parsed.translation);
+        assert_eq!(again.context, Some(json!({"terms": ["Celebrex"]})));
+        assert_eq!(again.api_key, None);
+        assert!(!format!("{parsed:?}").contains("client-key"));
 
-        let mp3 = start(json!({"model": "stt-rt-v5", "audio_format": "mp3", "sample_rate": null}))
-            .unwrap();
-        assert_eq!(mp3.audio, AudioFormat::container("mp3"));
-        let legacy =
+        let (_, mp3) =
+            start(json!({"model": "stt-rt-v5", "audio_format": "mp3", "sample_rate": null}))
+                .unwrap();
+        assert_eq!(mp3.audio, crate::audio::AudioFormat::container("mp3"));
+        let (_, legacy) =
             start(json!({"model": "m", "audio_format": "auto", "enable_non_final_tokens": false}))
                 .unwrap();
         assert!(!legacy.partials);
@@ -1398,7 +1245,10 @@ mod tests {
             }
             v
         };
-        assert_eq!(message(json!({"model": "stt-rt-v5"})), MSG_MISSING_FORMAT);
+        assert_eq!(
+            message(json!({"model": "stt-rt-v5"})),
+            soniox_wire::error::MSG_MISSING_FORMAT
+        );
         assert_eq!(
             message(base(json!({"audio_format": "avi"}))),
             "Invalid audio data format: avi"
@@ -1435,7 +1285,11 @@ mod tests {
             message(base(json!({"context": 3}))),
             "Start request is malformed."
         );
-        assert!(parse_start_object("[1]").is_err() && parse_start_object("{").is_err());
+        // A context that names a file is refused, whether or not it exists.
+        let exists = message(base(json!({"context": "@/etc/hostname"})));
+        let missing = message(base(json!({"context": "@/nonexistent/file"})));
+        assert_eq!(exists, missing);
+        assert!(exists.contains("@FILE"), "{exists}");
     }
 
     #[test]
@@ -1448,11 +1302,11 @@ mod tests {
         );
         assert_eq!(
             parse_control(r#"{"type":"stop"}"#),
-            Control::Invalid(SonioxError::bad_request("Control request invalid type."))
+            Control::Invalid(ApiError::bad_request("Control request invalid type."))
         );
         assert_eq!(
             parse_control("nope"),
-            Control::Invalid(SonioxError::bad_request("Control request is malformed."))
+            Control::Invalid(ApiError::bad_request("Control request is malformed."))
         );
     }
 
@@ -1563,8 +1417,7 @@ mod tests {
             error_type: Some("service_unavailable".into()),
             message: "Cannot continue request (code 4).".into(),
         };
-        let frame: Value =
-            serde_json::from_str(&SonioxError::from_error(&service).to_json("r1")).unwrap();
+        let frame: Value = serde_json::from_str(&api_error(&service).to_json("r1")).unwrap();
         assert_eq!(frame["error_code"], 503);
         assert_eq!(frame["error_message"], "Cannot continue request (code 4).");
         assert_eq!(
@@ -1572,17 +1425,17 @@ mod tests {
             "https://soniox.com/docs/api-reference/errors#service-unavailable"
         );
         assert_eq!(frame["request_id"], "r1");
-        let busy = SonioxError::from_error(&Error::Busy("full".into()));
+        let busy = api_error(&Error::Busy("full".into()));
         assert_eq!(
             (busy.code, busy.error_type.as_ref()),
             (429, "limit_exceeded")
         );
-        let forbidden = SonioxError::from_error(&Error::Forbidden("no".into()));
+        let forbidden = api_error(&Error::Forbidden("no".into()));
         assert_eq!(
             (forbidden.code, forbidden.error_type.as_ref()),
             (403, "permission_denied")
         );
-        let usage = SonioxError::from_error(&Error::Usage("bad".into()));
+        let usage = api_error(&Error::Usage("bad".into()));
         assert_eq!(
             (usage.code, usage.error_type.as_ref()),
             (400, "invalid_request")
@@ -1593,11 +1446,11 @@ mod tests {
             message: "Invalid API key.".into(),
         };
         assert_eq!(
-            SonioxError::from_error(&upstream_key).code,
+            api_error(&upstream_key).code,
             500,
             "the daemon's key, not the client's"
         );
-        assert_eq!(SonioxError::from_event("busy", None, "x").code, 429);
-        assert_eq!(SonioxError::from_event("service", Some(402), "x").code, 402);
+        assert_eq!(api_error_from_event("busy", None, "x").code, 429);
+        assert_eq!(api_error_from_event("service", Some(402), "x").code, 402);
     }
 }

@@ -11,19 +11,19 @@ use tokio::time::Instant;
 /// Who is on the other end of a connection (SO_PEERCRED; the pid only for
 /// logs, since pids are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// User id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Group id.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// Process id, when known.
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
 }
 
 /// A session's state, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum State {
+pub(crate) enum State {
     /// Waiting for an upstream slot.
     Queued = 0,
     /// Streaming.
@@ -52,7 +52,7 @@ struct Entry {
 
 /// What a session's front end updates as it goes.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     audio_bytes: AtomicU64,
     /// Bytes per second of the audio (0 for containers).
     bytes_per_second: AtomicU64,
@@ -61,17 +61,17 @@ pub struct Progress {
 
 impl Progress {
     /// Counts audio read from the client.
-    pub fn add_audio(&self, bytes: u64) {
+    pub(crate) fn add_audio(&self, bytes: u64) {
         self.audio_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Sets the state.
-    pub fn set_state(&self, state: State) {
+    pub(crate) fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
     /// Sets the audio rate, so status can say ms.
-    pub fn set_bytes_per_second(&self, rate: Option<u64>) {
+    pub(crate) fn set_bytes_per_second(&self, rate: Option<u64>) {
         self.bytes_per_second
             .store(rate.unwrap_or(0), Ordering::Relaxed);
     }
@@ -86,7 +86,7 @@ impl Progress {
 
 /// All sessions now, and totals since start.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     entries: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
     /// Audio of the sessions that ended, ms.
@@ -97,11 +97,11 @@ pub struct Registry {
 
 /// A registered session; removed on drop.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Arc<Registry>,
     id: u64,
     /// Updated by the front end.
-    pub progress: Arc<Progress>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl Drop for Registration {
@@ -122,7 +122,7 @@ impl Registry {
 
     /// Adds a session; `None` if `peer.uid` already has `per_uid_limit`
     /// sessions (0: no limit).
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         front: &'static str,
         peer: Peer,
@@ -154,17 +154,18 @@ impl Registry {
     }
 
     /// Sessions now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
+    #[cfg(test)]
     /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The `status` document's session part.
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let entries = self.lock();
         let mut per_uid: BTreeMap<u32, usize> = BTreeMap::new();
         let mut live_audio_ms = 0;

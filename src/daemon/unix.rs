@@ -13,15 +13,15 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::protocol::{self, MAX_HEADER_BYTES, Request};
+use super::Shared;
+use super::launch::{self, Client, Prepared, Refusal};
 use super::registry::{Peer, State};
-use super::{Shared, admit};
-use crate::config::SessionConfig;
-use crate::engine::Engine;
+use crate::config::resolve::{self, Origin};
 use crate::error::Error;
 use crate::event::Event;
 use crate::output::{EventWriter, NdjsonWriter};
-use crate::session::{self, SessionInput};
+use crate::protocol::{self, MAX_HEADER_BYTES, Request};
+use crate::session::SessionInput;
 
 /// Events queued towards one client's socket.
 const CLIENT_EVENT_QUEUE: usize = 1024;
@@ -76,20 +76,26 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
             shared.header_timeout().as_secs_f64()
         ))),
         Ok(Err(err)) => Err(err),
-        Ok(Ok(line)) => protocol::parse_header(&line, shared.timing()),
+        Ok(Ok(line)) => protocol::parse_header(&line),
     };
-    let request = request.and_then(|request| match request {
-        Request::Status => Ok(None),
-        Request::Session {
-            config,
-            end_marker,
-            engines,
-        } => {
-            let (engine, config) = shared.session(*config, engines)?;
-            Ok(Some((engine, config, end_marker)))
-        }
-    });
-    let (engine, config, end_marker) = match request {
+    let client = Client {
+        front: "unix",
+        peer,
+        per_uid_limit: shared.per_uid_limit(),
+    };
+    let prepared = request
+        .map_err(Refusal::Error)
+        .and_then(|request| match request {
+            Request::Status => Ok(None),
+            Request::Session { args, end_marker } => {
+                let request = resolve::session(&args, Origin::Client)?;
+                Ok(Some((
+                    launch::prepare(&shared, client, &request)?,
+                    end_marker,
+                )))
+            }
+        });
+    let (prepared, end_marker) = match prepared {
         Ok(None) => {
             let mut line = shared.status().to_string().into_bytes();
             line.push(b'\n');
@@ -98,7 +104,11 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
             return;
         }
         Ok(Some(session)) => session,
-        Err(err) => {
+        Err(refusal) => {
+            let err = match refusal {
+                Refusal::Error(err) => err,
+                Refusal::Stopping => Error::Disconnected("the daemon is stopping".into()),
+            };
             info!(error = %err, "refused");
             send_final(&mut write, &Event::error(&err)).await;
             linger(reader).await;
@@ -107,13 +117,7 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
     };
     let (events_tx, events_rx) = mpsc::channel(CLIENT_EVENT_QUEUE);
     let writer = tokio::spawn(write_events(events_rx, write));
-    let session = ClientSession {
-        engine,
-        config,
-        end_marker,
-        peer,
-    };
-    let reader = run_admitted(reader, session, &shared, events_tx).await;
+    let reader = run_admitted(reader, prepared, end_marker, &shared, events_tx).await;
     // The writer ends once the session's events are all out (or the client left).
     let _ = writer.await;
     if let Some(reader) = reader {
@@ -136,69 +140,29 @@ async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// A client's session, as its header asked for it.
-struct ClientSession {
-    engine: Engine,
-    config: SessionConfig,
-    end_marker: Option<Vec<u8>>,
-    peer: Peer,
-}
-
 /// Runs the client's session once admitted; gives the socket's read half
 /// back for lingering (`None` if the audio pump still has it).
 async fn run_admitted(
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    session: ClientSession,
+    prepared: Prepared,
+    end_marker: Option<Vec<u8>>,
     shared: &Arc<Shared>,
     events: mpsc::Sender<Event>,
 ) -> Option<BufReader<tokio::net::unix::OwnedReadHalf>> {
-    let ClientSession {
-        engine,
-        config,
-        end_marker,
-        peer,
-    } = session;
-    let Some(registration) = shared
-        .registry
-        .register("unix", peer, shared.per_uid_limit())
-    else {
-        let err = Error::Busy(format!("uid {} has too many sessions", peer.uid));
-        let _ = events.send(Event::error(&err)).await;
-        return Some(reader);
-    };
-    let progress = registration.progress.clone();
-    progress.set_bytes_per_second(config.audio.bytes_per_second());
-    let Some(_slot) = admit(shared, &events, &progress).await else {
-        return Some(reader);
-    };
-    progress.set_state(State::Streaming);
-    let (input_tx, input_rx) = mpsc::channel(CLIENT_AUDIO_QUEUE);
-    let frame = config.audio.bytes_per_frame().unwrap_or(1);
-    let pump = tokio::spawn(pump_audio(
-        reader,
-        frame,
-        end_marker,
-        input_tx,
-        progress.clone(),
-    ));
-    let session_id = shared.new_session_id();
-    info!(session = %session_id, format = %config.audio, "session start");
-    let result = session::run(
-        &engine,
-        &config,
-        session_id.clone(),
-        input_rx,
-        events,
-        shared.stop.child_token(),
-    )
-    .await;
-    match result {
-        Ok(summary) => {
-            info!(session = %session_id, audio_ms = summary.audio_ms, tokens = summary.tokens, reason = ?summary.reason, "session end")
+    let frame = prepared.config().audio.bytes_per_frame().unwrap_or(1);
+    let admitted = match prepared.admit(&events).await {
+        Ok(admitted) => admitted,
+        Err(Refusal::Error(err)) => {
+            let _ = events.send(Event::error(&err)).await;
+            return Some(reader);
         }
-        Err(err) => info!(session = %session_id, error = %err, "session failed"),
-    }
-    drop(registration);
+        Err(Refusal::Stopping) => return Some(reader),
+    };
+    let progress = admitted.progress();
+    let (input_tx, input_rx) = mpsc::channel(CLIENT_AUDIO_QUEUE);
+    let pump = tokio::spawn(pump_audio(reader, frame, end_marker, input_tx, progress));
+    let mut running = admitted.spawn(shared.new_session_id(), input_rx, events);
+    running.outcome().await;
     // The pump stops at the client's end of audio, or, once the session is
     // gone, at its next chunk; either way it hands the reader back. A client
     // that neither sends nor closes is not waited for long.

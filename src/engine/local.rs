@@ -100,7 +100,6 @@
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,23 +108,24 @@ use tracing::{debug, warn};
 
 use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
 use crate::audio::AudioFormat;
-use crate::config::RecognitionOptions;
+use crate::cli::values::LocalModel;
+use crate::config::{LocalEngineConfig, RecognitionOptions};
 use crate::error::{Error, Result};
 use crate::event::Token;
 
 /// The provisioning command, named in every "files missing" error.
-pub const FETCH_COMMAND: &str = "scripts/fetch-local-engine";
+pub(crate) const FETCH_COMMAND: &str = "scripts/fetch-local-engine";
 /// The layout version: the cache directory's last component. The fetch
 /// script has the same number; both change whenever a pinned file does.
-pub const LAYOUT_VERSION: &str = "1";
+pub(crate) const LAYOUT_VERSION: &str = "1";
 /// The sherpa-onnx release whose C structs this module declares.
-pub const SHERPA_ONNX_VERSION: &str = "2.0.1";
+pub(crate) const SHERPA_ONNX_VERSION: &str = "2.0.1";
 /// The rate the VAD and Moonshine work at.
-pub const SAMPLE_RATE: u32 = 16_000;
+pub(crate) const SAMPLE_RATE: u32 = 16_000;
 /// Audio decoded before each VAD segment (Silero reports onsets late).
-pub const PRE_ROLL_MS: u64 = 300;
+pub(crate) const PRE_ROLL_MS: u64 = 300;
 /// Audio decoded after each VAD segment.
-pub const TAIL_MS: u64 = 200;
+pub(crate) const TAIL_MS: u64 = 200;
 
 /// Silero's window: 512 samples at 16 kHz.
 const VAD_WINDOW: usize = 512;
@@ -159,51 +159,18 @@ const fn ms(samples: u64) -> u64 {
     samples * 1000 / SAMPLE_RATE as u64
 }
 
-/// The Moonshine models the fetch script can provision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LocalModel {
-    /// Moonshine tiny-en (43 MB): RTF ≈ 0.05, ≈ 150 MiB. The default.
-    #[default]
-    TinyEn,
-    /// Moonshine base-en (63 MB): fewer errors, RTF ≈ 0.35, ≈ 600 MiB.
-    BaseEn,
-}
-
-impl LocalModel {
-    /// The name used by the fetch script's `--model`: `tiny-en`, `base-en`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LocalModel::TinyEn => "tiny-en",
-            LocalModel::BaseEn => "base-en",
-        }
-    }
-
-    fn dir_name(self) -> &'static str {
-        match self {
-            LocalModel::TinyEn => "moonshine-tiny-en",
-            LocalModel::BaseEn => "moonshine-base-en",
-        }
-    }
-}
-
-impl FromStr for LocalModel {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<LocalModel> {
-        match s {
-            "tiny-en" => Ok(LocalModel::TinyEn),
-            "base-en" => Ok(LocalModel::BaseEn),
-            other => Err(Error::Usage(format!(
-                "unknown local model '{other}': tiny-en or base-en"
-            ))),
-        }
+/// The directory of a model's files inside the engine directory.
+fn model_dir_name(model: LocalModel) -> &'static str {
+    match model {
+        LocalModel::TinyEn => "moonshine-tiny-en",
+        LocalModel::BaseEn => "moonshine-base-en",
     }
 }
 
 /// The default engine directory:
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/sttpipe/local-engine/<LAYOUT_VERSION>`,
 /// as the fetch script computes it. `None` without either variable.
-pub fn default_dir() -> Option<PathBuf> {
+pub(crate) fn default_dir() -> Option<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => match std::env::var_os("HOME") {
@@ -219,42 +186,9 @@ pub fn default_dir() -> Option<PathBuf> {
     )
 }
 
-/// Word error rate of `hypothesis` against `reference`: the word-level edit
-/// distance (substitutions, deletions, insertions) over the reference's word
-/// count. Case and punctuation are ignored (apostrophes count, so "it's" is
-/// not "its"); 0.0 is a perfect match, and insertions can take it above 1.0.
-/// An empty reference counts as one word.
-pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
-    let words = |text: &str| -> Vec<String> {
-        text.split_whitespace()
-            .map(|w| {
-                w.chars()
-                    .filter(|c| c.is_alphanumeric() || *c == '\'')
-                    .flat_map(char::to_lowercase)
-                    .collect::<String>()
-            })
-            .filter(|w| !w.is_empty())
-            .collect()
-    };
-    let (r, h) = (words(reference), words(hypothesis));
-    // One row of the edit-distance table: row[j] is the distance between the
-    // reference words so far and the first j hypothesis words.
-    let mut row: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, hw) in h.iter().enumerate() {
-            let substitution = diagonal + usize::from(rw != hw);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[h.len()] as f64 / r.len().max(1) as f64
-}
-
 /// The offline engine: opens sessions that decode on this machine.
 #[derive(Clone)]
-pub struct LocalEngine {
+pub(crate) struct LocalEngine {
     dir: PathBuf,
     /// Whether `dir` is the default, for the hint in errors.
     default_dir: bool,
@@ -276,12 +210,12 @@ impl std::fmt::Debug for LocalEngine {
 }
 
 impl LocalEngine {
-    /// The engine in `model_dir` (the directory `scripts/fetch-local-engine`
-    /// prints), or in [`default_dir`]; the tiny-en model, partials on.
-    /// Checks that the files are there; loads nothing yet.
-    pub fn new(model_dir: Option<PathBuf>) -> Result<LocalEngine> {
-        let (dir, default_dir) = match model_dir {
-            Some(dir) => (dir, false),
+    /// The engine `config` describes: its directory (the one
+    /// `scripts/fetch-local-engine` prints, or [`default_dir`]) and model,
+    /// partials on. Checks that the files are there; loads nothing yet.
+    pub(crate) fn new(config: &LocalEngineConfig) -> Result<LocalEngine> {
+        let (dir, default_dir) = match &config.model_dir {
+            Some(dir) => (dir.clone(), false),
             None => match default_dir() {
                 Some(dir) => (dir, true),
                 None => {
@@ -295,7 +229,7 @@ impl LocalEngine {
         let engine = LocalEngine {
             dir,
             default_dir,
-            model: LocalModel::TinyEn,
+            model: config.model,
             partials: true,
             runtime: Arc::new(OnceCell::new()),
         };
@@ -303,42 +237,32 @@ impl LocalEngine {
         Ok(engine)
     }
 
-    /// Uses `model` instead of tiny-en; checks its files.
-    pub fn with_model(mut self, model: LocalModel) -> Result<LocalEngine> {
-        if model != self.model {
-            self.model = model;
-            self.runtime = Arc::new(OnceCell::new());
-            self.check_files()?;
-        }
-        Ok(self)
-    }
-
     /// Whether sessions decode partial (non-final) results; on by default.
     /// Off, a session decodes each segment once, when it ends.
-    pub fn with_partials(mut self, partials: bool) -> LocalEngine {
+    pub(crate) fn with_partials(mut self, partials: bool) -> LocalEngine {
         self.partials = partials;
         self
     }
 
     /// The engine's directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The model sessions use.
-    pub fn model(&self) -> LocalModel {
+    pub(crate) fn model(&self) -> LocalModel {
         self.model
     }
 
     /// Loads the library and the model now rather than at the first
     /// [`open`](LocalEngine::open) (0.4–1.3 s): for a daemon at start.
-    pub async fn preload(&self) -> Result<()> {
+    pub(crate) async fn preload(&self) -> Result<()> {
         self.runtime().await.map(|_| ())
     }
 
     /// Opens a session: checks the format and options, loads the engine if
     /// needed, and starts the session's worker thread.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
@@ -427,7 +351,7 @@ fn required_files(model: LocalModel) -> Vec<String> {
         "decoder_model_merged.ort",
         "tokens.txt",
     ] {
-        files.push(format!("{}/{name}", model.dir_name()));
+        files.push(format!("{}/{name}", model_dir_name(model)));
     }
     files
 }
@@ -894,7 +818,7 @@ impl Runtime {
             }
         };
 
-        let model_dir = dir.join(model.dir_name());
+        let model_dir = dir.join(model_dir_name(model));
         let encoder = c_path(&model_dir.join("encoder_model.ort"))?;
         let decoder = c_path(&model_dir.join("decoder_model_merged.ort"))?;
         let tokens = c_path(&model_dir.join("tokens.txt"))?;
@@ -1602,7 +1526,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     //! The pure parts always run. The tests marked "engine" need the
-    //! provisioned files (found as `LocalEngine::new(None)` finds them):
+    //! provisioned files (found in the default directory):
     //! without them they print why and pass, unless the environment has
     //! `STTPIPE_REQUIRE_LOCAL_ENGINE=1`, in which case they fail with the
     //! command to run. CI sets it after running `scripts/fetch-local-engine`,
@@ -1610,7 +1534,15 @@ mod tests {
 
     use super::*;
     use crate::config::Translation;
+    use crate::wer::word_error_rate;
     use bytes::Bytes;
+
+    fn at(dir: &Path, model: LocalModel) -> LocalEngineConfig {
+        LocalEngineConfig {
+            model_dir: Some(dir.to_owned()),
+            model,
+        }
+    }
 
     // --- pure parts -------------------------------------------------------
 
@@ -1731,7 +1663,7 @@ mod tests {
     #[test]
     fn missing_files_name_the_fetch_command() {
         let dir = tempfile::tempdir().unwrap();
-        let err = LocalEngine::new(Some(dir.path().to_owned())).unwrap_err();
+        let err = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, Error::Config(_)), "{err:?}");
         assert_eq!(err.exit_code(), crate::error::EXIT_CONFIG);
@@ -1748,18 +1680,16 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"").unwrap();
         }
-        let engine = LocalEngine::new(Some(dir.path().to_owned())).unwrap();
-        let err = engine.with_model(LocalModel::BaseEn).unwrap_err();
+        LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap();
+        let err = LocalEngine::new(&at(dir.path(), LocalModel::BaseEn)).unwrap_err();
         assert!(err.to_string().contains("--model base-en"), "{err}");
         // Part of an install: the missing files are named.
         std::fs::remove_file(dir.path().join("silero_vad.onnx")).unwrap();
-        let err = LocalEngine::new(Some(dir.path().to_owned())).unwrap_err();
+        let err = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap_err();
         assert!(
             err.to_string().contains("(missing silero_vad.onnx)"),
             "{err}"
         );
-        assert_eq!("base-en".parse::<LocalModel>().unwrap(), LocalModel::BaseEn);
-        assert!("large".parse::<LocalModel>().is_err());
     }
 
     #[tokio::test]
@@ -1771,7 +1701,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"").unwrap();
         }
-        let engine = LocalEngine::new(Some(dir.path().to_owned())).unwrap();
+        let engine = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap();
         let err = engine
             .open(
                 &RecognitionOptions::default(),
@@ -1782,26 +1712,16 @@ mod tests {
         assert!(matches!(err, Error::BadAudio(_)), "{err:?}");
     }
 
-    #[test]
-    fn wer_counts_word_edits() {
-        assert_eq!(word_error_rate("The cat sat.", "the cat sat"), 0.0);
-        assert_eq!(word_error_rate("a b c d", "a x c"), 0.5); // one substitution, one deletion
-        assert_eq!(word_error_rate("a b", "a b c d"), 1.0); // two insertions
-        assert_eq!(word_error_rate("It's here", "its here"), 0.5);
-        // One substitution and one insertion over four words.
-        assert_eq!(
-            word_error_rate("the birch canoe slid", "The birch can use slid."),
-            0.5
-        );
-        assert_eq!(word_error_rate("", ""), 0.0);
-    }
-
     // --- with the engine ---------------------------------------------------
 
     /// The provisioned engine, or `None` (after saying why) when its files
     /// are missing and `STTPIPE_REQUIRE_LOCAL_ENGINE=1` is not set.
     fn engine() -> Option<LocalEngine> {
-        match LocalEngine::new(None) {
+        let default = LocalEngineConfig {
+            model_dir: None,
+            model: LocalModel::TinyEn,
+        };
+        match LocalEngine::new(&default) {
             Ok(engine) => Some(engine),
             Err(err) => {
                 if std::env::var("STTPIPE_REQUIRE_LOCAL_ENGINE").as_deref() == Ok("1") {
@@ -2086,8 +2006,14 @@ mod tests {
     /// Engine: base-en, when provisioned (`--model base-en`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn base_en_when_provisioned() {
-        let Some(engine) = engine() else { return };
-        let Ok(engine) = engine.with_model(LocalModel::BaseEn) else {
+        if engine().is_none() {
+            return;
+        }
+        let base = LocalEngineConfig {
+            model_dir: None,
+            model: LocalModel::BaseEn,
+        };
+        let Ok(engine) = LocalEngine::new(&base) else {
             eprintln!("skipped: base-en is not provisioned ({FETCH_COMMAND} --model base-en)");
             return;
         };

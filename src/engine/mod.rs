@@ -12,11 +12,11 @@
 //! Two engines: [`soniox`], the service, and [`local`], Moonshine on this
 //! machine.
 
-pub mod local;
-pub mod rate;
-pub mod soniox;
+pub(crate) mod local;
+pub(crate) mod rate;
+pub(crate) mod soniox;
 
-pub use rate::RateLimiter;
+pub(crate) use rate::RateLimiter;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -28,13 +28,13 @@ use crate::event::Token;
 
 /// Commands queued towards the engine. Audio is ~100 ms a command, so this
 /// bound is about 1.6 s of audio before the session core waits.
-pub const COMMAND_QUEUE: usize = 16;
+pub(crate) const COMMAND_QUEUE: usize = 16;
 /// Engine events queued towards the session core.
-pub const EVENT_QUEUE: usize = 64;
+pub(crate) const EVENT_QUEUE: usize = 64;
 
 /// What the session core asks of an upstream session.
 #[derive(Debug)]
-pub enum EngineCommand {
+pub(crate) enum EngineCommand {
     /// Audio in the session's format, whole frames for raw formats.
     Audio(Bytes),
     /// Make everything sent so far final (`<fin>` follows).
@@ -45,18 +45,18 @@ pub enum EngineCommand {
 
 /// One update from the engine: Soniox's response shape.
 #[derive(Debug, Clone, Default)]
-pub struct Update {
+pub(crate) struct Update {
     /// Newly final tokens first, then the complete current non-final set.
-    pub tokens: Vec<Token>,
+    pub(crate) tokens: Vec<Token>,
     /// Audio processed into final tokens, ms from this upstream session's start.
-    pub final_audio_proc_ms: u64,
+    pub(crate) final_audio_proc_ms: u64,
     /// Audio processed into final and non-final tokens, ms.
-    pub total_audio_proc_ms: u64,
+    pub(crate) total_audio_proc_ms: u64,
 }
 
 /// What an upstream session reports.
 #[derive(Debug)]
-pub enum EngineEvent {
+pub(crate) enum EngineEvent {
     /// Tokens and progress.
     Update(Update),
     /// The session finished after end of audio; its last tokens are inside.
@@ -68,16 +68,16 @@ pub enum EngineEvent {
 
 /// The session core's end of one upstream session.
 #[derive(Debug)]
-pub struct EngineLink {
+pub(crate) struct EngineLink {
     /// Commands to the engine task.
-    pub commands: mpsc::Sender<EngineCommand>,
+    pub(crate) commands: mpsc::Sender<EngineCommand>,
     /// Events from the engine task; closes after `Finished` or `Failed`.
-    pub events: mpsc::Receiver<EngineEvent>,
+    pub(crate) events: mpsc::Receiver<EngineEvent>,
 }
 
 /// A recognition engine.
 #[derive(Debug, Clone)]
-pub enum Engine {
+pub(crate) enum Engine {
     /// Soniox real-time over WebSocket.
     Soniox(soniox::SonioxEngine),
     /// Moonshine through sherpa-onnx, on this machine: no key, no network.
@@ -87,7 +87,7 @@ pub enum Engine {
 impl Engine {
     /// The model a session with these options runs: Soniox's by name, or
     /// the local engine's (`moonshine-tiny-en`), for the `start` event.
-    pub fn model_name(&self, recognition: &RecognitionOptions) -> String {
+    pub(crate) fn model_name(&self, recognition: &RecognitionOptions) -> String {
         match self {
             Engine::Soniox(_) => recognition.model.clone(),
             Engine::Local(engine) => format!("moonshine-{}", engine.model().name()),
@@ -95,7 +95,7 @@ impl Engine {
     }
 
     /// Opens an upstream session; returns once it accepts audio.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
@@ -104,5 +104,23 @@ impl Engine {
             Engine::Soniox(engine) => engine.open(recognition, audio).await,
             Engine::Local(engine) => engine.open(recognition, audio).await,
         }
+    }
+}
+
+/// What one session runs on: the engine it starts on, and the one it goes
+/// on with if Soniox fails for good.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionEngines {
+    /// The engine it starts on.
+    pub(crate) engine: Engine,
+    /// The engine it goes on with if the first fails for good.
+    pub(crate) fallback: Option<Engine>,
+}
+
+impl SessionEngines {
+    /// Whether the session starts on this machine (so it needs no real-time
+    /// pacing: the local engine takes audio as fast as it can decode it).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.engine, Engine::Local(_))
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// A token bucket for new upstream sessions: `per_minute` tokens a minute,
 /// bursts up to `per_minute`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     state: Mutex<Bucket>,
 }
 
@@ -24,7 +24,7 @@ struct Bucket {
 
 impl RateLimiter {
     /// A full bucket.
-    pub fn new(per_minute: u32) -> RateLimiter {
+    pub(crate) fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             state: Mutex::new(Bucket {
                 per_minute: per_minute.max(1),
@@ -35,14 +35,14 @@ impl RateLimiter {
     }
 
     /// Changes the rate (SIGHUP).
-    pub fn set_rate(&self, per_minute: u32) {
+    pub(crate) fn set_rate(&self, per_minute: u32) {
         let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
         bucket.per_minute = per_minute.max(1);
         bucket.tokens = bucket.tokens.min(f64::from(bucket.per_minute));
     }
 
     /// Takes a token, waiting for one if needed.
-    pub async fn take(&self) {
+    pub(crate) async fn take(&self) {
         loop {
             let wait = {
                 let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());

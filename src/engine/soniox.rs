@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use soniox_wire::{ServerMessage, StartRequest};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -29,27 +30,27 @@ use super::{
     COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, RateLimiter, Update,
 };
 use crate::audio::AudioFormat;
-use crate::config::{RecognitionOptions, ServiceConfig, Timing, Translation};
+use crate::config::{RecognitionOptions, ServiceConfig, Timing};
 use crate::error::{Error, Result};
 use crate::event::Token;
 use crate::timer::LazyTimer;
 
 /// Soniox closes a connection after 20 s without audio or keepalive; 5 s is
 /// what the official SDKs use, leaving room for a slow network.
-pub const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const KEEPALIVE_AFTER: Duration = Duration::from_secs(5);
 /// Bound on TCP + TLS + WebSocket handshake (the Python SDK uses 10 s).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A WebSocket ping this often: it draws an answer even when no audio
 /// flows, so a dead connection shows within [`HALF_OPEN_AFTER`].
-pub const PING_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(5);
 /// A service that owes an answer and stays silent this long is gone.
-pub const HALF_OPEN_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const HALF_OPEN_AFTER: Duration = Duration::from_secs(10);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects upstream sessions to Soniox.
 #[derive(Clone)]
-pub struct SonioxEngine {
+pub(crate) struct SonioxEngine {
     service: ServiceConfig,
     tls: Arc<rustls::ClientConfig>,
     /// Every upstream open takes a token first (the daemon's quota).
@@ -61,7 +62,7 @@ pub struct SonioxEngine {
 /// A warm connection older than this is replaced: idle, unconfigured
 /// connections are not kept forever by the service (the Python SDK replaces
 /// them before 10 minutes).
-pub const WARM_MAX_AGE: Duration = Duration::from_secs(9 * 60);
+pub(crate) const WARM_MAX_AGE: Duration = Duration::from_secs(9 * 60);
 
 /// Open connections waiting for a session.
 struct WarmPool {
@@ -143,7 +144,7 @@ impl std::fmt::Debug for SonioxEngine {
 
 impl SonioxEngine {
     /// Prepares the engine: loads the trusted roots once.
-    pub fn new(service: ServiceConfig) -> Result<SonioxEngine> {
+    pub(crate) fn new(service: ServiceConfig) -> Result<SonioxEngine> {
         let tls = Arc::new(tls_config(service.ca_file.as_deref())?);
         Ok(SonioxEngine {
             service,
@@ -154,7 +155,7 @@ impl SonioxEngine {
     }
 
     /// Limits how fast upstream sessions open.
-    pub fn with_rate(mut self, rate: Arc<RateLimiter>) -> SonioxEngine {
+    pub(crate) fn with_rate(mut self, rate: Arc<RateLimiter>) -> SonioxEngine {
         self.rate = Some(rate);
         self
     }
@@ -163,7 +164,7 @@ impl SonioxEngine {
     /// sent, replaced before [`WARM_MAX_AGE`]), so that a session's first
     /// audio goes out without a TCP, TLS and WebSocket handshake. Must be
     /// called within a tokio runtime; the pool's task ends with the engine.
-    pub fn with_warm_pool(mut self, size: usize) -> SonioxEngine {
+    pub(crate) fn with_warm_pool(mut self, size: usize) -> SonioxEngine {
         if size > 0 {
             let pool = Arc::new(WarmPool {
                 size,
@@ -178,7 +179,7 @@ impl SonioxEngine {
 
     /// Connects (or takes a warm connection), sends the start request and
     /// spawns the session task.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
@@ -186,7 +187,7 @@ impl SonioxEngine {
         if let Some(rate) = &self.rate {
             rate.take().await;
         }
-        let start = Message::text(start_request(recognition, audio).to_string());
+        let start = Message::text(start_request(recognition, audio).to_json());
         let mut socket = None;
         if let Some(pool) = &self.pool {
             // A warm connection the service has closed fails the send: then
@@ -239,7 +240,7 @@ impl SonioxEngine {
         let connector = Connector::Rustls(self.tls.clone());
         let handshake = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            Some(crate::soniox_wire::websocket_config()),
+            Some(soniox_wire::websocket_config()),
             true,
             Some(connector),
         );
@@ -296,7 +297,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig>
                 Error::Config(format!("cannot read CA file {}: {e}", path.display()))
             })?;
             let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert =
                     cert.map_err(|e| Error::Config(format!("CA file {}: {e}", path.display())))?;
                 roots
@@ -324,69 +325,25 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig>
 
 /// The start request: the first message of a session. Unset options are
 /// left out, as the official SDKs do.
-pub fn start_request(recognition: &RecognitionOptions, audio: &AudioFormat) -> Value {
-    let mut start = Map::new();
-    start.insert("model".into(), json!(recognition.model));
-    start.insert("audio_format".into(), json!(audio.name));
-    if let Some(rate) = audio.sample_rate {
-        start.insert("sample_rate".into(), json!(rate));
+pub(crate) fn start_request(recognition: &RecognitionOptions, audio: &AudioFormat) -> StartRequest {
+    let on = |flag: bool| flag.then_some(true);
+    StartRequest {
+        api_key: None,
+        model: recognition.model.clone(),
+        audio_format: audio.name.clone(),
+        sample_rate: audio.sample_rate,
+        num_channels: audio.channels,
+        language_hints: recognition.language_hints.clone(),
+        language_hints_strict: on(recognition.language_hints_strict),
+        context: recognition.context.clone(),
+        enable_speaker_diarization: on(recognition.diarize),
+        enable_language_identification: on(recognition.language_id),
+        enable_endpoint_detection: on(recognition.endpoint_detection),
+        max_endpoint_delay_ms: recognition.max_endpoint_delay_ms.map(u64::from),
+        translation: recognition.translation.clone(),
+        client_reference_id: recognition.client_reference_id.clone(),
+        ..StartRequest::default()
     }
-    if let Some(channels) = audio.channels {
-        start.insert("num_channels".into(), json!(channels));
-    }
-    if !recognition.language_hints.is_empty() {
-        start.insert("language_hints".into(), json!(recognition.language_hints));
-    }
-    if recognition.language_hints_strict {
-        start.insert("language_hints_strict".into(), json!(true));
-    }
-    if let Some(context) = &recognition.context {
-        start.insert("context".into(), context.clone());
-    }
-    if recognition.diarize {
-        start.insert("enable_speaker_diarization".into(), json!(true));
-    }
-    if recognition.language_id {
-        start.insert("enable_language_identification".into(), json!(true));
-    }
-    if recognition.endpoint_detection {
-        start.insert("enable_endpoint_detection".into(), json!(true));
-    }
-    if let Some(ms) = recognition.max_endpoint_delay_ms {
-        start.insert("max_endpoint_delay_ms".into(), json!(ms));
-    }
-    if let Some(translation) = &recognition.translation {
-        let value = match translation {
-            Translation::OneWay { target_language } => {
-                json!({"type": "one_way", "target_language": target_language})
-            }
-            Translation::TwoWay {
-                language_a,
-                language_b,
-            } => json!({"type": "two_way", "language_a": language_a, "language_b": language_b}),
-        };
-        start.insert("translation".into(), value);
-    }
-    if let Some(id) = &recognition.client_reference_id {
-        start.insert("client_reference_id".into(), json!(id));
-    }
-    Value::Object(start)
-}
-
-/// A server message: a response, the finished response, or an error.
-#[derive(Debug, Deserialize)]
-struct ServerMessage {
-    #[serde(default)]
-    tokens: Vec<Token>,
-    #[serde(default)]
-    final_audio_proc_ms: u64,
-    #[serde(default)]
-    total_audio_proc_ms: u64,
-    #[serde(default)]
-    finished: bool,
-    error_code: Option<u16>,
-    error_type: Option<String>,
-    error_message: Option<String>,
 }
 
 /// How a connection's life ended, for the log.
@@ -540,19 +497,18 @@ fn receive(incoming: Option<Result<Message, tungstenite::Error>>) -> Result<Opti
     };
     let message: ServerMessage = serde_json::from_str(&text)
         .map_err(|e| Error::Protocol(format!("unreadable message from the service: {e}")))?;
-    if message.error_code.is_some() || message.error_message.is_some() {
-        return Err(Error::Service {
-            code: message.error_code.unwrap_or(0),
-            error_type: message.error_type,
-            message: message.error_message.unwrap_or_default(),
-        });
-    }
+    let response = message.into_result().map_err(|err| Error::Service {
+        code: err.code,
+        error_type: Some(err.error_type.into_owned()),
+        message: err.message,
+    })?;
+    let finished = response.finished;
     let update = Update {
-        tokens: message.tokens,
-        final_audio_proc_ms: message.final_audio_proc_ms,
-        total_audio_proc_ms: message.total_audio_proc_ms,
+        tokens: response.tokens.into_iter().map(Token::from).collect(),
+        final_audio_proc_ms: response.final_audio_proc_ms,
+        total_audio_proc_ms: response.total_audio_proc_ms,
     };
-    Ok(Some(if message.finished {
+    Ok(Some(if finished {
         EngineEvent::Finished(update)
     } else {
         EngineEvent::Update(update)
@@ -573,22 +529,22 @@ mod tests {
             model: "stt-rt-v5".into(),
             ..Default::default()
         };
-        let start = start_request(&recognition, &AudioFormat::default_pcm());
+        let start = start_request(&recognition, &AudioFormat::default_pcm()).to_json();
         assert_eq!(
             start,
-            json!({"model":"stt-rt-v5","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1})
+            r#"{"model":"stt-rt-v5","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1}"#
         );
-        let mp3 = start_request(&recognition, &AudioFormat::container("mp3"));
-        assert_eq!(mp3, json!({"model":"stt-rt-v5","audio_format":"mp3"}));
+        let mp3 = start_request(&recognition, &AudioFormat::container("mp3")).to_json();
+        assert_eq!(mp3, r#"{"model":"stt-rt-v5","audio_format":"mp3"}"#);
     }
 
     #[test]
-    fn error_frames_parse() {
-        let message: ServerMessage = serde_json::from_str(
-            r#"{"error_code":401,"error_type":"unauthenticated","error_message":"Invalid API key.","request_id":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!(message.error_code, Some(401));
-        assert_eq!(message.error_message.as_deref(), Some("Invalid API key."));
+    fn error_frames_become_service_errors() {
+        let frame = r#"{"error_code":401,"error_type":"unauthenticated","error_message":"Invalid API key.","request_id":"x"}"#;
+        let err = receive(Some(Ok(Message::text(frame)))).unwrap_err();
+        assert!(
+            matches!(&err, Error::Service { code: 401, message, .. } if message == "Invalid API key."),
+            "{err:?}"
+        );
     }
 }

@@ -2,15 +2,16 @@
 
 #![allow(dead_code)]
 
-pub mod tls;
+pub mod engine_dir;
+pub mod wer;
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sttpipe::emulator::marker::{self, Word};
-use sttpipe::emulator::{Emulator, EmulatorConfig};
+use soniox_emulator::marker::{self, Word};
+use soniox_emulator::{Emulator, EmulatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 

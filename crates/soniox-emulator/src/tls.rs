@@ -1,12 +1,12 @@
 //! Test TLS identities for the emulator's `wss://` mode: a throw-away CA and
 //! a leaf certificate it signs for `localhost` and `127.0.0.1`, made with
-//! rcgen (ring-based; a dev-dependency only).
+//! rcgen (ring-based). The tests of sttpipe's own TLS paths use them too.
 
+use crate::TlsIdentity;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use sttpipe::emulator::TlsIdentity;
 
 /// A fresh CA and a server identity it signed, valid for the names
 /// `localhost` and `127.0.0.1`. Returns the CA certificate as PEM (for the

@@ -11,19 +11,9 @@
 //! (endpoint tuning ranges, v5-only fields); their messages are the
 //! emulator's own and are marked as such.
 
-use serde_json::{Map, Number, Value};
-
-use crate::soniox_wire::{self as wire, MSG_INTERNAL, opt_bool, opt_number, opt_str};
-// The rest of the emulator names the shared vocabulary through this module.
-pub(crate) use crate::soniox_wire::{
-    ApiError, MSG_CANNOT_CONTINUE, parse_start_object as parse_start, start_api_key,
-};
-// Names the tests (this module's and `emulator::tests`) still use; the
-// container list is crate::audio's now.
-#[cfg(test)]
-use crate::audio::CONTAINER_FORMATS as CONTAINERS;
-#[cfg(test)]
-pub(crate) use crate::soniox_wire::MSG_MISSING_FORMAT;
+use serde_json::{Map, Value};
+use soniox_wire::error::{MSG_CANNOT_CONTINUE, MSG_INTERNAL};
+use soniox_wire::{ApiError, Bounds, StartRequest};
 
 /// Models the emulator accepts (§4.3).
 pub(crate) const MODELS: &[&str] = &[
@@ -58,46 +48,45 @@ pub(crate) fn is_language(code: &str) -> bool {
 
 // The fault knobs' errors. `ApiError` is the shared catalogue's type; which
 // error stands for a status code is the emulator's choice, so it is here.
-impl ApiError {
-    /// The representative error for a status code, as used by the fault
-    /// knobs: the message the real service sends most often with that code.
-    pub(crate) fn canonical(code: u16) -> ApiError {
-        match code {
-            400 => ApiError::bad_request("Audio decode error"),
-            401 => ApiError::new(401, "unauthenticated", "Invalid API key."),
-            402 => ApiError::new(
-                402,
-                "organization_balance_exhausted",
-                "Organization balance exhausted. Please either add funds manually or enable autopay.",
-            ),
-            // Undocumented message; the type is documented (§8.1 "Newer additions").
-            403 => ApiError::new(
-                403,
-                "temp_api_key_session_expired",
-                "Temporary API key session expired.",
-            ),
-            408 => ApiError::new(408, "request_timeout", "Request timeout."),
-            429 => ApiError::new(
-                429,
-                "limit_exceeded",
-                "Your project has exceeded max number of concurrent requests.",
-            ),
-            500 => ApiError::new(500, "internal_error", MSG_INTERNAL),
-            503 => ApiError::new(503, "service_unavailable", MSG_CANNOT_CONTINUE),
-            c if c >= 500 => ApiError::new(c, "internal_error", MSG_INTERNAL),
-            c => ApiError::new(c, "invalid_request", "Emulated error."),
-        }
-    }
 
-    /// The error used by the `reject_connects` fault, which strikes right
-    /// after the start request: as [`ApiError::canonical`], except that a
-    /// 400 blames the start request (`Start request is malformed.`) rather
-    /// than audio that has not been sent yet.
-    pub(crate) fn rejection(code: u16) -> ApiError {
-        match code {
-            400 => ApiError::malformed_start(),
-            c => ApiError::canonical(c),
-        }
+/// The representative error for a status code, as used by the fault
+/// knobs: the message the real service sends most often with that code.
+pub(crate) fn canonical(code: u16) -> ApiError {
+    match code {
+        400 => ApiError::bad_request("Audio decode error"),
+        401 => ApiError::new(401, "unauthenticated", "Invalid API key."),
+        402 => ApiError::new(
+            402,
+            "organization_balance_exhausted",
+            "Organization balance exhausted. Please either add funds manually or enable autopay.",
+        ),
+        // Undocumented message; the type is documented (§8.1 "Newer additions").
+        403 => ApiError::new(
+            403,
+            "temp_api_key_session_expired",
+            "Temporary API key session expired.",
+        ),
+        408 => ApiError::new(408, "request_timeout", "Request timeout."),
+        429 => ApiError::new(
+            429,
+            "limit_exceeded",
+            "Your project has exceeded max number of concurrent requests.",
+        ),
+        500 => ApiError::new(500, "internal_error", MSG_INTERNAL),
+        503 => ApiError::new(503, "service_unavailable", MSG_CANNOT_CONTINUE),
+        c if c >= 500 => ApiError::new(c, "internal_error", MSG_INTERNAL),
+        c => ApiError::new(c, "invalid_request", "Emulated error."),
+    }
+}
+
+/// The error used by the `reject_connects` fault, which strikes right
+/// after the start request: as [`canonical`], except that a
+/// 400 blames the start request (`Start request is malformed.`) rather
+/// than audio that has not been sent yet.
+pub(crate) fn rejection(code: u16) -> ApiError {
+    match code {
+        400 => ApiError::malformed_start(),
+        c => canonical(c),
     }
 }
 
@@ -117,27 +106,6 @@ pub(crate) enum AudioFormat {
     },
     /// A container (or `auto`): duration is estimated from bytes.
     Container,
-}
-
-/// What a format name denotes, before rate and channels are known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FormatKind {
-    Raw { bytes_per_sample: u32, s16le: bool },
-    Container,
-}
-
-/// Parses an `audio_format` name, long or short; `None` if unknown.
-fn parse_format(name: &str) -> Option<FormatKind> {
-    let long = wire::long_format_name(name)?;
-    let probe = crate::audio::AudioFormat::raw(&long, 1, 1);
-    Some(match probe.bytes_per_sample() {
-        Some(bytes) => FormatKind::Raw {
-            // At most 8 (pcm_f64), so the cast is exact.
-            bytes_per_sample: bytes as u32,
-            s16le: long == "pcm_s16le",
-        },
-        None => FormatKind::Container,
-    })
 }
 
 /// Translation settings of a start request.
@@ -190,46 +158,50 @@ pub(crate) struct StartConfig {
     pub(crate) translation: Option<Translation>,
 }
 
-/// Validates a start request (everything except authentication).
-pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, ApiError> {
-    let model = wire::model(map)?;
-    if !MODELS.contains(&model) {
+/// The layouts the emulator takes for raw formats; past them a rate or a
+/// channel count counts as not specified.
+const BOUNDS: Bounds = Bounds {
+    sample_rate: 1..=1_000_000,
+    channels: 1..=64,
+};
+
+/// Validates a start request (everything except authentication): its
+/// shapes as [`StartRequest::read`] checks them, then what only the real
+/// service knows.
+pub(crate) fn validate_start(map: Map<String, Value>) -> Result<StartConfig, ApiError> {
+    let start = StartRequest::read(map, &BOUNDS)?;
+    if !MODELS.contains(&start.model.as_str()) {
         return Err(ApiError::invalid_model());
     }
-    let is_v5 = V5_MODELS.contains(&model);
+    let is_v5 = V5_MODELS.contains(&start.model.as_str());
 
-    let format_name = wire::audio_format_name(map)?;
-    let format = match parse_format(format_name) {
-        None => return Err(ApiError::invalid_format(format_name)),
-        Some(FormatKind::Container) => AudioFormat::Container,
-        Some(FormatKind::Raw {
-            bytes_per_sample,
-            s16le,
-        }) => {
-            let (sample_rate, channels) = wire::raw_layout(map, 1..=1_000_000, 1..=64)?;
-            AudioFormat::Raw {
-                bytes_per_sample,
-                sample_rate,
-                channels,
-                s16le,
-            }
-        }
+    let format = match (
+        soniox_wire::format::raw_sample_bytes(&start.audio_format),
+        start.sample_rate,
+        start.num_channels,
+    ) {
+        (Some(bytes), Some(sample_rate), Some(channels)) => AudioFormat::Raw {
+            // At most 8 (pcm_f64), so the cast is exact.
+            bytes_per_sample: bytes as u32,
+            sample_rate,
+            channels,
+            s16le: start.audio_format == "pcm_s16le",
+        },
+        _ => AudioFormat::Container,
     };
 
     let mut seen: Vec<&str> = Vec::new();
-    for code in wire::language_hints(map)? {
-        let code = code?;
+    for code in &start.language_hints {
         if !is_language(code) {
             return Err(ApiError::invalid_language_hint());
         }
-        if seen.contains(&code) {
+        if seen.contains(&code.as_str()) {
             return Err(ApiError::bad_request("Language hints must be unique."));
         }
         seen.push(code);
     }
-    opt_bool(map, "language_hints_strict")?;
 
-    if let Some(context) = wire::context(map)? {
+    if let Some(context) = &start.context {
         let chars = match context {
             Value::String(s) => s.chars().count(),
             _ => context.to_string().chars().count(),
@@ -241,16 +213,13 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
         }
     }
 
-    let diarization = opt_bool(map, "enable_speaker_diarization")?.unwrap_or(false);
-    let language_id = opt_bool(map, "enable_language_identification")?.unwrap_or(false);
-    let endpoint_detection = opt_bool(map, "enable_endpoint_detection")?.unwrap_or(false);
-    let non_final_tokens = opt_bool(map, "enable_non_final_tokens")?.unwrap_or(true);
-
-    let max_endpoint_delay_ms = wire::max_endpoint_delay_ms(map)?;
-    if max_endpoint_delay_ms.is_some_and(|d| !(500..=3000).contains(&d)) {
+    if start
+        .max_endpoint_delay_ms
+        .is_some_and(|d| !(500..=3000).contains(&d))
+    {
         return Err(ApiError::invalid_endpoint_delay());
     }
-    if let Some(s) = opt_number(map, "endpoint_sensitivity")?.and_then(Number::as_f64) {
+    if let Some(s) = start.endpoint_sensitivity {
         // Emulator's own messages: the real ones are undocumented.
         if !is_v5 {
             return Err(ApiError::bad_request(
@@ -263,20 +232,19 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
             ));
         }
     }
-    if let Some(l) = opt_number(map, "endpoint_latency_adjustment_level")?.and_then(Number::as_f64)
-    {
+    if let Some(level) = &start.endpoint_latency_adjustment_level {
         if !is_v5 {
             return Err(ApiError::bad_request(
                 "Model does not support endpoint_latency_adjustment_level.",
             ));
         }
-        if l.fract() != 0.0 || !(0.0..=3.0).contains(&l) {
+        if soniox_wire::fields::whole(level).is_none_or(|l| l > 3) {
             return Err(ApiError::bad_request(
                 "Invalid endpoint_latency_adjustment_level: must be 0, 1, 2 or 3.",
             ));
         }
     }
-    if let Some(id) = opt_str(map, "client_reference_id")?
+    if let Some(id) = &start.client_reference_id
         && id.chars().count() > MAX_CLIENT_REFERENCE_CHARS
     {
         return Err(ApiError::bad_request(
@@ -284,37 +252,37 @@ pub(crate) fn validate_start(map: &Map<String, Value>) -> Result<StartConfig, Ap
         ));
     }
 
-    let translation = wire::translation(map)?.map(known_languages).transpose()?;
+    let translation = start.translation.map(known_languages).transpose()?;
 
     Ok(StartConfig {
-        model: model.to_owned(),
+        model: start.model,
         format,
-        diarization,
-        language_id,
-        endpoint_detection,
-        max_endpoint_delay_ms,
-        non_final_tokens,
+        diarization: start.enable_speaker_diarization.unwrap_or(false),
+        language_id: start.enable_language_identification.unwrap_or(false),
+        endpoint_detection: start.enable_endpoint_detection.unwrap_or(false),
+        max_endpoint_delay_ms: start.max_endpoint_delay_ms,
+        non_final_tokens: start.enable_non_final_tokens.unwrap_or(true),
         translation,
     })
 }
 
 /// A translation whose languages the emulator knows (and, two-way,
 /// differ).
-fn known_languages(t: wire::TranslationRequest<'_>) -> Result<Translation, ApiError> {
+fn known_languages(t: soniox_wire::Translation) -> Result<Translation, ApiError> {
     let known = |code: &str| {
         is_language(code)
             .then(|| code.to_owned())
             .ok_or_else(ApiError::invalid_translation_language)
     };
     match t {
-        wire::TranslationRequest::OneWay { target_language } => Ok(Translation::OneWay {
-            target: known(target_language)?,
+        soniox_wire::Translation::OneWay { target_language } => Ok(Translation::OneWay {
+            target: known(&target_language)?,
         }),
-        wire::TranslationRequest::TwoWay {
+        soniox_wire::Translation::TwoWay {
             language_a,
             language_b,
         } => {
-            let (a, b) = (known(language_a)?, known(language_b)?);
+            let (a, b) = (known(&language_a)?, known(&language_b)?);
             if a == b {
                 return Err(ApiError::invalid_translation_language());
             }
@@ -327,9 +295,10 @@ fn known_languages(t: wire::TranslationRequest<'_>) -> Result<Translation, ApiEr
 mod tests {
     use super::*;
     use serde_json::json;
+    use soniox_wire::error::MSG_MISSING_FORMAT;
 
     fn check(v: Value) -> Result<StartConfig, ApiError> {
-        validate_start(v.as_object().unwrap())
+        validate_start(v.as_object().unwrap().clone())
     }
 
     fn base() -> Value {
@@ -344,6 +313,10 @@ mod tests {
 
     fn msg(v: Value) -> String {
         check(v).unwrap_err().message
+    }
+
+    fn format_of(name: &str) -> Result<AudioFormat, ApiError> {
+        check(with("audio_format", json!(name))).map(|start| start.format)
     }
 
     #[test]
@@ -362,13 +335,10 @@ mod tests {
             "alaw",
             "pcm_s8le",
         ] {
-            assert!(
-                matches!(parse_format(ok), Some(FormatKind::Raw { .. })),
-                "{ok}"
-            );
+            assert!(matches!(format_of(ok), Ok(AudioFormat::Raw { .. })), "{ok}");
         }
-        for c in CONTAINERS {
-            assert_eq!(parse_format(c), Some(FormatKind::Container));
+        for c in soniox_wire::format::CONTAINER_FORMATS {
+            assert_eq!(format_of(c), Ok(AudioFormat::Container));
         }
         for bad in [
             "avi",
@@ -380,32 +350,32 @@ mod tests {
             "",
             "pcm_",
         ] {
-            assert_eq!(parse_format(bad), None, "{bad}");
+            assert!(format_of(bad).is_err(), "{bad}");
         }
         assert_eq!(
-            parse_format("s16le"),
-            Some(FormatKind::Raw {
+            format_of("s16le"),
+            Ok(AudioFormat::Raw {
                 bytes_per_sample: 2,
+                sample_rate: 16_000,
+                channels: 1,
                 s16le: true
             })
         );
-        assert_eq!(
-            parse_format("pcm_s16be"),
-            Some(FormatKind::Raw {
+        assert!(matches!(
+            format_of("pcm_s16be"),
+            Ok(AudioFormat::Raw {
                 bytes_per_sample: 2,
-                s16le: false
+                s16le: false,
+                ..
             })
-        );
+        ));
     }
 
     #[test]
     fn validation_messages() {
         assert!(check(base()).is_ok());
         let e = check(with("model", json!("stt-async-v3"))).unwrap_err();
-        assert_eq!(
-            (e.code, e.error_type, e.message.as_str()),
-            (400, "model_not_available", "Invalid model specified.")
-        );
+        assert_eq!(e, ApiError::invalid_model());
         let mut v = base();
         v.as_object_mut().unwrap().remove("audio_format");
         assert_eq!(msg(v), MSG_MISSING_FORMAT);
@@ -492,12 +462,15 @@ mod tests {
             v[k] = Value::Null;
         }
         assert!(check(v.clone()).is_ok());
-        assert_eq!(start_api_key(v.as_object().unwrap()), Ok(None));
+        assert_eq!(
+            soniox_wire::fields::api_key(v.as_object().unwrap()),
+            Ok(None)
+        );
     }
 
     #[test]
     fn error_json_shape() {
-        let e = ApiError::canonical(503);
+        let e = canonical(503);
         let v: Value = serde_json::from_str(&e.to_json("rid")).unwrap();
         assert_eq!(v["error_code"], 503);
         assert_eq!(v["error_type"], "service_unavailable");

@@ -1,24 +1,27 @@
 //! A local emulator of the Soniox real-time speech-to-text WebSocket API,
-//! for offline tests, benchmarks and demos.
+//! for offline tests, benchmarks and demos: a test tool, not part of
+//! sttpipe.
 //!
-//! This module owns everything about the fake server: the deterministic
-//! "speech" encoding ([`marker`]), the server's wire rules (on the
-//! vocabulary shared with the proxy in `soniox_wire`), the fake recognizer that turns audio into token responses, and the
-//! WebSocket server with its fault knobs ([`Emulator`]).
+//! The crate owns everything about the fake server: the deterministic
+//! "speech" encoding ([`marker`]), the service's own checks of a start
+//! request on top of the shared wire vocabulary (`soniox-wire`), the fake
+//! recognizer that turns audio into token responses, and the WebSocket
+//! server with its fault knobs ([`Emulator`]).
 //!
-//! Behaviour follows `docs/soniox-protocol.md` (§3–§9, §12): auth by header,
+//! Behaviour follows Soniox's WebSocket API reference: auth by header,
 //! subprotocol or start message; start-request validation with the real
 //! error strings; non-final then final tokens, `<fin>`, `<end>`, `finished`;
 //! idle and start timeouts; and injected faults (abrupt drops, error frames,
 //! half-open stalls, rejected connects, concurrency limits).
 //! With a [`TlsIdentity`] in [`EmulatorConfig::tls`] it serves `wss://`
-//! instead, so clients' TLS paths (custom CA files, name checks) can be
-//! tested too. A [`Probe`] in [`EmulatorConfig::probe`] sees every audio
-//! frame and final token with its time, for benchmarks of relays.
+//! instead ([`tls::test_identity`] makes one), so clients' TLS paths
+//! (custom CA files, name checks) can be tested too. A [`Probe`] in
+//! [`EmulatorConfig::probe`] sees every audio frame and final token with its
+//! time, for benchmarks of relays.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use sttpipe::emulator::{Emulator, EmulatorConfig, marker};
+//! use soniox_emulator::{Emulator, EmulatorConfig, marker};
 //! let emu = Emulator::start(EmulatorConfig::default()).await?;
 //! let audio = marker::encode(&marker::script(3, 500, 200), 3000, 16_000, 1);
 //! // connect to emu.url() with key "test-key", send a pcm_s16le start
@@ -34,9 +37,7 @@ mod protocol;
 mod recognizer;
 pub mod server;
 mod session;
-
-#[cfg(test)]
-mod tests;
+pub mod tls;
 
 pub use server::{
     AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, Probe, ProbeEvent,

@@ -13,9 +13,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::marker::{self, Word};
-use super::protocol::{MSG_CANNOT_CONTINUE, MSG_MISSING_FORMAT};
-use super::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome, TlsIdentity};
+use soniox_emulator::marker::{self, Word};
+use soniox_emulator::tls::test_identity;
+use soniox_emulator::{AuthMethod, Emulator, EmulatorConfig, Faults, Outcome, TlsIdentity};
+use soniox_wire::error::{MSG_CANNOT_CONTINUE, MSG_MISSING_FORMAT};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -1017,13 +1018,6 @@ async fn many_concurrent_sessions() {
 
 // ---- wss:// ----
 
-// The integration tests' throw-away CA; the file names the crate
-// `sttpipe::`, which lib.rs makes resolve here too.
-#[allow(unreachable_pub)]
-#[path = "../../tests/util/tls.rs"]
-mod tls;
-use tls::test_identity;
-
 /// An emulator serving wss:// with a fresh identity; returns it and the PEM
 /// of the CA that signed its certificate.
 async fn tls_emulator(config: EmulatorConfig) -> (Emulator, String) {
@@ -1039,8 +1033,10 @@ async fn tls_emulator(config: EmulatorConfig) -> (Emulator, String) {
 /// A rustls client (ring provider) that trusts only the CA in `ca_pem`.
 fn trusting(ca_pem: &str) -> tokio_tungstenite::Connector {
     use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -1252,7 +1248,7 @@ async fn plain_url_stays_ws() {
 
 #[tokio::test]
 async fn the_probe_sees_start_audio_and_finals_in_order() {
-    use super::{Probe, ProbeKind};
+    use soniox_emulator::{Probe, ProbeKind};
     use std::sync::{Arc, Mutex};
     type Seen = (u64, Option<String>, ProbeKind, std::time::Instant);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

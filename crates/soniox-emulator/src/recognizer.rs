@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use soniox_wire::{Response, Token};
 
 use super::marker::{Decoder, Word};
 use super::protocol::{AudioFormat, StartConfig};
@@ -40,37 +40,6 @@ pub(crate) struct RecognizerSettings {
     pub(crate) default_endpoint_delay_ms: u64,
     /// Bytes counted as 1 ms of audio for container formats.
     pub(crate) container_bytes_per_ms: f64,
-}
-
-/// One token of a response, serialized as in §7.2.
-#[derive(Debug, Serialize)]
-struct TokenOut<'a> {
-    text: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    confidence: Option<f64>,
-    is_final: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    speaker: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    language: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    translation_status: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source_language: Option<&'static str>,
-}
-
-/// A response body (§7.1).
-#[derive(Debug, Serialize)]
-struct ResponseOut<'a> {
-    tokens: Vec<TokenOut<'a>>,
-    final_audio_proc_ms: u64,
-    total_audio_proc_ms: u64,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    finished: bool,
 }
 
 /// A special marker token closing a response's final tokens.
@@ -264,72 +233,65 @@ impl Recognizer {
             Some(Some(_)) => finals.iter().map(|w| translate(&w.text)).collect(),
             _ => Vec::new(),
         };
+        let owned = |text: Option<&str>| text.map(str::to_owned);
         let mut tokens = Vec::with_capacity(finals.len() * 2 + self.pending.len() + 1);
         for (i, w) in finals.iter().enumerate() {
-            tokens.push(TokenOut {
-                text: &w.text,
+            tokens.push(Token {
+                text: w.text.clone(),
                 start_ms: Some(w.start_ms),
                 end_ms: Some(w.end_ms().min(audio_ms).max(w.start_ms)),
                 confidence: Some(confidence(&w.text, true)),
                 is_final: true,
-                speaker,
-                language,
-                translation_status: status,
+                speaker: owned(speaker),
+                language: owned(language),
+                translation_status: owned(status),
                 source_language: None,
             });
             if let (Some(Some(lang)), Some(text)) = (target, translated.get(i)) {
-                tokens.push(TokenOut {
-                    text,
-                    start_ms: None,
-                    end_ms: None,
-                    confidence: None,
+                tokens.push(Token {
+                    text: text.clone(),
                     is_final: true,
-                    speaker,
-                    language: Some(lang),
-                    translation_status: Some("translation"),
-                    source_language: Some(SPOKEN_LANGUAGE),
+                    speaker: owned(speaker),
+                    language: Some(lang.to_owned()),
+                    translation_status: Some("translation".to_owned()),
+                    source_language: Some(SPOKEN_LANGUAGE.to_owned()),
+                    ..Token::default()
                 });
             }
         }
         if let Some(s) = special {
-            tokens.push(TokenOut {
+            tokens.push(Token {
                 text: match s {
                     Special::Fin => "<fin>",
                     Special::End => "<end>",
-                },
-                start_ms: None,
-                end_ms: None,
-                confidence: None,
+                }
+                .to_owned(),
                 is_final: true,
-                speaker: None,
-                language: None,
-                translation_status: None,
-                source_language: None,
+                ..Token::default()
             });
         }
         if self.start.non_final_tokens {
             for w in &self.pending {
-                tokens.push(TokenOut {
-                    text: &w.text,
+                tokens.push(Token {
+                    text: w.text.clone(),
                     start_ms: Some(w.start_ms),
                     end_ms: Some(w.end_ms().min(audio_ms).max(w.start_ms)),
                     confidence: Some(confidence(&w.text, false)),
                     is_final: false,
-                    speaker,
-                    language,
-                    translation_status: status,
+                    speaker: owned(speaker),
+                    language: owned(language),
+                    translation_status: owned(status),
                     source_language: None,
                 });
             }
         }
-        let response = ResponseOut {
+        let response = Response {
             tokens,
             final_audio_proc_ms: self.final_ms.min(audio_ms),
             total_audio_proc_ms: audio_ms,
             finished,
         };
-        // Serializing plain structs of strings and numbers cannot fail.
-        let json = serde_json::to_string(&response).expect("response serializes");
+        let json = response.to_json();
         self.emitted
             .finals
             .extend(finals.iter().map(|w| w.text.clone()));
@@ -364,7 +326,7 @@ fn confidence(text: &str, is_final: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::marker::{encode, script};
+    use crate::marker::{encode, script};
     use serde_json::Value;
 
     fn start(endpoint: bool) -> StartConfig {

@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -206,7 +208,7 @@ impl TlsIdentity {
     /// certificate.
     pub(crate) fn acceptor(&self) -> std::io::Result<TlsAcceptor> {
         let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
-        let certs = rustls_pemfile::certs(&mut self.cert_chain_pem.as_bytes())
+        let certs = CertificateDer::pem_slice_iter(self.cert_chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(format!("TLS certificate chain: invalid PEM: {e}")))?;
         if certs.is_empty() {
@@ -214,14 +216,12 @@ impl TlsIdentity {
                 "TLS certificate chain: no PEM CERTIFICATE block found".to_owned(),
             ));
         }
-        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-            .map_err(|e| invalid(format!("TLS private key: invalid PEM: {e}")))?
-            .ok_or_else(|| {
-                invalid(
-                    "TLS private key: no PEM PRIVATE KEY block (PKCS#8, RSA or EC) found"
-                        .to_owned(),
-                )
-            })?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| match e {
+            pem::Error::NoItemsFound => invalid(
+                "TLS private key: no PEM PRIVATE KEY block (PKCS#8, RSA or EC) found".to_owned(),
+            ),
+            e => invalid(format!("TLS private key: invalid PEM: {e}")),
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

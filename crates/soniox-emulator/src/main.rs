@@ -1,7 +1,7 @@
 //! `soniox-emulator`: a local fake of the Soniox real-time speech-to-text
 //! WebSocket API, and a generator of the marker audio it "recognises".
 //!
-//! `serve` runs the emulator (see `sttpipe::emulator`) until SIGINT or
+//! `serve` runs the emulator (see the `soniox_emulator` library) until SIGINT or
 //! SIGTERM, printing its WebSocket URL as the first line on stdout; with
 //! `--tls-cert` and `--tls-key` it serves `wss://`.
 //! `markers` writes pcm_s16le audio carrying word markers; `decode` lists the
@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sttpipe::emulator::marker;
-use sttpipe::emulator::{Emulator, EmulatorConfig, TlsIdentity};
+use soniox_emulator::marker;
+use soniox_emulator::{Emulator, EmulatorConfig, TlsIdentity};
 
 /// A local emulator of the Soniox real-time speech-to-text WebSocket API.
 ///

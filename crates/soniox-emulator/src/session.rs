@@ -30,7 +30,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::protocol::{self, ApiError};
+use soniox_wire::ApiError;
+
+use super::protocol;
 use super::recognizer::{Emitted, Recognizer, RecognizerSettings};
 use super::server::{
     AudioFaults, AuthMethod, Outcome, ProbeEvent, ProbeKind, SessionRecord, Shared, lock,
@@ -267,7 +269,7 @@ impl Session {
             tokio_tungstenite::accept_hdr_async_with_config(
                 stream,
                 callback,
-                Some(crate::soniox_wire::websocket_config()),
+                Some(soniox_wire::websocket_config()),
             ),
         );
         let handshake = tokio::select! {
@@ -354,7 +356,7 @@ impl Session {
         text: &str,
         conn_key: Option<(AuthMethod, String)>,
     ) -> Result<Recognizer, ApiError> {
-        let map = protocol::parse_start(text)?;
+        let map = soniox_wire::fields::parse_object(text)?;
         let mut redacted = map.clone();
         if let Some(k) = redacted.get_mut("api_key")
             && !k.is_null()
@@ -363,7 +365,7 @@ impl Session {
         }
         lock(&self.slot).start_request = Some(Value::Object(redacted));
 
-        let message_key = protocol::start_api_key(&map)?;
+        let message_key = soniox_wire::fields::api_key(&map)?;
         // The key sent with the connection wins over the start message's.
         let (method, key) = match conn_key {
             Some((method, key)) => (method, Some(key)),
@@ -387,12 +389,16 @@ impl Session {
         }
         lock(&self.slot).key_ok = true;
 
-        let start = protocol::validate_start(&map)?;
+        let reference = map
+            .get("client_reference_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let start = protocol::validate_start(map)?;
         if let Some(code) = self.shared.take_reject() {
-            return Err(ApiError::rejection(code));
+            return Err(protocol::rejection(code));
         }
         if !self.shared.acquire_stream() {
-            return Err(ApiError::canonical(429));
+            return Err(protocol::canonical(429));
         }
         self.holds_stream = true;
         let settings = RecognizerSettings {
@@ -402,10 +408,7 @@ impl Session {
         };
         tracing::debug!(request_id = %self.request_id, model = %start.model, "session started");
         if config.probe.is_some() {
-            self.reference = map
-                .get("client_reference_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            self.reference = reference;
             self.tell(ProbeKind::Started, std::time::Instant::now());
         }
         Ok(Recognizer::new(settings, start))
@@ -502,7 +505,7 @@ impl Session {
         if let Some((t, code)) = f.error_after_audio_ms
             && audio_ms >= t
         {
-            self.fail(io, ApiError::canonical(code)).await;
+            self.fail(io, protocol::canonical(code)).await;
             return Err(Stop::Done);
         }
         if f.stall_after_audio_ms.is_some_and(|t| audio_ms >= t) {

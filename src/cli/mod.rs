@@ -1,0 +1,261 @@
+//! The command line, as the user types it.
+//!
+//! Doc comments here are the `--help` text. Values are typed and
+//! range-checked by their types ([`values`]); [`crate::config`] resolves
+//! the rest. The flags fall in groups: [`SessionArgs`], one session's
+//! options, which are also the daemon's socket header; [`ServiceArgs`] and
+//! [`LocalEngineArgs`], shared by the filter and `serve`; the filter's
+//! [`ReliabilityArgs`]; and [`ServeArgs`], which are also the keys of the
+//! daemon's settings file.
+
+pub(crate) mod groups;
+pub(crate) mod session_args;
+pub(crate) mod values;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+pub(crate) use groups::{LocalEngineArgs, ReliabilityArgs, ServiceArgs};
+pub(crate) use session_args::{ContextArg, SessionArgs};
+use values::{EngineChoice, FallbackChoice, OutputFormat, Seconds};
+
+/// Where the daemon listens by default (and where sttpipe.socket puts it).
+pub(crate) const DEFAULT_SOCKET: &str = "/run/sttpipe/sttpipe.sock";
+/// Soniox's default limit of concurrent streams per project.
+pub(crate) const DEFAULT_MAX_UPSTREAM: usize = 10;
+/// Soniox's default limit of new streams a minute per project.
+pub(crate) const DEFAULT_NEW_SESSIONS_PER_MINUTE: u32 = 100;
+/// Sessions that may wait for an upstream slot.
+pub(crate) const DEFAULT_QUEUE: usize = 100;
+/// Upstream connections the daemon keeps open and ready.
+pub(crate) const DEFAULT_WARM_POOL: usize = 2;
+/// The daemon's bound on the drain after SIGTERM; below the units'
+/// `TimeoutStopSec=`.
+pub(crate) const DEFAULT_DAEMON_DRAIN: Seconds = Seconds::from_secs(10);
+/// How long a client has for its header line.
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Seconds = Seconds::from_secs(5);
+
+/// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
+///
+/// Reads raw audio (pcm_s16le, 16 kHz, mono by default) from stdin, a file or
+/// a named FIFO, streams it to Soniox at real-time pace, and writes the
+/// transcript to stdout as NDJSON, one event a line, flushed as it arrives.
+///
+/// Example: ffmpeg -loglevel error -i talk.mp3 -f s16le -ar 16000 -ac 1 - | sttpipe | jq -j 'select(.type=="token").text'
+///
+/// The API key comes from SONIOX_API_KEY, --api-key-file, or
+/// $CREDENTIALS_DIRECTORY/soniox-api-key; never from the command line.
+/// See sttpipe(1) for the output schema and exit statuses.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sttpipe",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
+pub(crate) struct Opts {
+    /// Run as a daemon, or ask one for its status (without: the filter).
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+
+    /// Read audio from PATH (a file or a named FIFO) instead of stdin.
+    #[arg(short, long, value_name = "PATH", help_heading = "Input")]
+    pub(crate) input: Option<PathBuf>,
+
+    /// Keep reading a FIFO across writers: each writer's audio is finalized
+    /// when it closes, and the next writer's audio continues the stream.
+    #[arg(long, help_heading = "Input")]
+    pub(crate) follow: bool,
+
+    /// Output format: NDJSON events, or plain text for people (a line break
+    /// at each endpoint, finalization and the end).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "ndjson",
+        help_heading = "Output"
+    )]
+    pub(crate) format: OutputFormat,
+
+    #[command(flatten)]
+    pub(crate) session: SessionArgs,
+
+    #[command(flatten)]
+    pub(crate) local_engine: LocalEngineArgs,
+
+    /// Stream through the sttpipe daemon listening at SOCKET instead of to
+    /// Soniox directly: same flags, same output, no API key needed here.
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        env = "STTPIPE_SOCKET",
+        help_heading = "Service"
+    )]
+    pub(crate) connect: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+
+    #[command(flatten)]
+    pub(crate) reliability: ReliabilityArgs,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the daemon: a Unix socket that multiplexes client sessions onto
+    /// Soniox with the daemon's key, within Soniox's quotas; optionally a
+    /// Soniox-compatible WebSocket endpoint. See sttpipe-protocol(7).
+    Serve(Box<ServeArgs>),
+    /// Print the daemon's status as JSON: sessions, queue, upstream usage.
+    Status(StatusArgs),
+}
+
+/// `sttpipe serve`. Its long flags are also the keys of the settings file
+/// (with underscores); a flag given on the command line wins over the file.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub(crate) struct ServeArgs {
+    /// The Unix socket to listen on, unless systemd passes one (socket
+    /// activation).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub(crate) socket: PathBuf,
+
+    /// Settings file (TOML, keys named as these flags with underscores);
+    /// flags win. Read again on SIGHUP [default: /etc/sttpipe/sttpipe.toml,
+    /// if it exists].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) service: ServiceArgs,
+
+    /// Upstream sessions open at once (Soniox's project limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPSTREAM)]
+    pub(crate) max_upstream: usize,
+
+    /// New upstream sessions a minute (Soniox's limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NEW_SESSIONS_PER_MINUTE)]
+    pub(crate) new_sessions_per_minute: u32,
+
+    /// Sessions that may wait for an upstream slot; past it, `busy`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE)]
+    pub(crate) queue: usize,
+
+    /// Sessions one uid may have at once; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_sessions_per_uid: usize,
+
+    /// Only these uids may connect (comma-separated; root always may).
+    #[arg(long, value_name = "UIDS", value_delimiter = ',')]
+    pub(crate) allow_uid: Vec<u32>,
+
+    /// Only processes whose group is one of these gids may connect.
+    #[arg(long, value_name = "GIDS", value_delimiter = ',')]
+    pub(crate) allow_gid: Vec<u32>,
+
+    /// Group to own a socket the daemon binds itself (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) socket_group: Option<String>,
+
+    /// Also serve the Soniox WebSocket protocol (and a browser page) on
+    /// ADDR, e.g. 127.0.0.1:3001.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ws_listen: Option<SocketAddr>,
+
+    /// Clients of the WebSocket endpoint must present the token in PATH as
+    /// their API key; without it, anyone who can reach the endpoint may use it.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ws_token_file: Option<PathBuf>,
+
+    /// Upstream connections kept open and ready, so that a session's first
+    /// audio goes out without a handshake.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WARM_POOL)]
+    pub(crate) warm_pool: usize,
+
+    /// On SIGTERM, wait at most SECS for the sessions' final tokens; keep it
+    /// below the unit's TimeoutStopSec.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DAEMON_DRAIN)]
+    pub(crate) drain_timeout: Seconds,
+
+    /// A client must send its header line within SECS.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT)]
+    pub(crate) header_timeout: Seconds,
+
+    /// The engine for sessions that do not ask for one: the Soniox service,
+    /// or Moonshine on this machine, loaded at start; with local, no API key
+    /// is needed.
+    #[arg(long, value_enum, value_name = "ENGINE", default_value_t = EngineChoice::Soniox)]
+    pub(crate) engine: EngineChoice,
+
+    /// When Soniox cannot be reached or fails for good, sessions go on with
+    /// the local engine (loaded at start).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub(crate) fallback: Option<FallbackChoice>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) local_engine: LocalEngineArgs,
+
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[serde(skip)]
+    pub(crate) verbose: u8,
+}
+
+/// `sttpipe status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", env = "STTPIPE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub(crate) socket: PathBuf,
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineChoice::Soniox => "soniox",
+            EngineChoice::Local => "local",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Opts::command().debug_assert();
+    }
+
+    /// The man page documents every flag (ripgrep generates its page for
+    /// the same reason; this test keeps a hand-written page honest).
+    #[test]
+    fn man_page_lists_every_flag() {
+        let page = include_str!("../../man/sttpipe.1");
+        let command = Opts::command();
+        let arguments = command
+            .get_arguments()
+            .chain(command.get_subcommands().flat_map(|c| c.get_arguments()));
+        for arg in arguments {
+            if let Some(long) = arg.get_long() {
+                let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
+                assert!(
+                    page.contains(&roff),
+                    "man/sttpipe.1 does not document --{long}"
+                );
+            }
+        }
+    }
+}

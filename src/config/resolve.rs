@@ -1,0 +1,436 @@
+//! From raw values to configuration: one resolution for every front end.
+//!
+//! [`session`] turns [`SessionArgs`] into a [`SessionRequest`], whoever
+//! sent them: the filter's flags, a socket client's header, or a WebSocket
+//! client's start request. Every range is checked here, once, with the
+//! same messages. The [`Origin`] decides the one thing that differs: only
+//! the command line may name a local file (`--context @FILE`); a client
+//! that does gets the same refusal whether or not the file exists, and
+//! nothing is opened.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{
+    EngineRequest, FilterConfig, LocalEngineConfig, RecognitionOptions, ServiceConfig,
+    SessionConfig, SessionLimits, SessionRequest, Target, Timing, Translation, load_api_key,
+};
+use crate::audio::{self, AudioFormat};
+use crate::cli::values::{EngineChoice, FallbackChoice, OutputFormat, Region};
+use crate::cli::{ContextArg, LocalEngineArgs, Opts, ReliabilityArgs, SessionArgs};
+use crate::error::{Error, Result};
+use crate::input::{InputOptions, Source};
+
+/// Soniox's longest context, in characters (of the JSON text, for an
+/// object): a longer one is refused before connecting.
+pub(crate) const MAX_CONTEXT_CHARS: usize = 10_000;
+/// The most a context file may hold: four bytes a character, and room for
+/// the white space of a JSON object.
+const MAX_CONTEXT_FILE_BYTES: u64 = 64 * 1024;
+/// Highest raw sample rate taken, Hz.
+pub(crate) const MAX_RATE: u32 = 384_000;
+/// Most raw channels taken.
+pub(crate) const MAX_CHANNELS: u16 = 32;
+/// Longest `client_reference_id`, in characters (Soniox's limit).
+const MAX_CLIENT_REFERENCE_CHARS: usize = 256;
+
+/// Who gave a session's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The user, on this machine's command line: may name local files.
+    CommandLine,
+    /// A client of the daemon: may not.
+    Client,
+}
+
+/// Resolves and checks a session's options.
+pub(crate) fn session(args: &SessionArgs, origin: Origin) -> Result<SessionRequest> {
+    Ok(SessionRequest {
+        recognition: recognition(args, origin)?,
+        audio: format(&args.audio_format, args.rate, args.channels)?,
+        partials: args.partials,
+        engines: EngineRequest {
+            engine: args.engine,
+            fallback_local: args.fallback == Some(FallbackChoice::Local),
+        },
+    })
+}
+
+/// The context as sent: a file named on the command line is read here, so
+/// what goes anywhere else (a daemon's header) is the text itself.
+pub(crate) fn load_context(context: &ContextArg, origin: Origin) -> Result<ContextArg> {
+    match (context, origin) {
+        (ContextArg::File(path), Origin::CommandLine) => read_context_file(path),
+        (ContextArg::File(_), Origin::Client) => Err(Error::Usage(
+            "context: @FILE is read only from the command line; send the text itself".into(),
+        )),
+        (other, _) => Ok(other.clone()),
+    }
+}
+
+fn read_context_file(path: &Path) -> Result<ContextArg> {
+    let cannot = |e: std::io::Error| {
+        Error::Config(format!("cannot read context file {}: {e}", path.display()))
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_CONTEXT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_CONTEXT_FILE_BYTES {
+        return Err(Error::Usage(format!(
+            "context file {} is larger than {MAX_CONTEXT_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(ContextArg::from_text(&text))
+}
+
+fn context_value(context: &ContextArg, origin: Origin) -> Result<Value> {
+    let value = match load_context(context, origin)? {
+        ContextArg::Text(text) => Value::String(text),
+        ContextArg::Structured(map) => Value::Object(map),
+        ContextArg::File(_) => {
+            return Err(Error::Internal("a context file was not read".into()));
+        }
+    };
+    let chars = match &value {
+        Value::String(text) => text.chars().count(),
+        other => other.to_string().chars().count(),
+    };
+    if chars > MAX_CONTEXT_CHARS {
+        return Err(Error::Usage(format!(
+            "the context has {chars} characters; Soniox takes at most {MAX_CONTEXT_CHARS}"
+        )));
+    }
+    Ok(value)
+}
+
+/// An audio format by name, with a raw format's layout.
+pub(crate) fn format(name: &str, rate: u32, channels: u16) -> Result<AudioFormat> {
+    if !audio::is_known_format(name) {
+        return Err(Error::Usage(format!(
+            "unknown audio format {name:?} (try pcm_s16le, pcm_f32le, mulaw, alaw, wav, mp3, ogg, flac, webm or auto)"
+        )));
+    }
+    if rate == 0 || rate > MAX_RATE {
+        return Err(Error::Usage(format!(
+            "--rate {rate} is out of range (1 to {MAX_RATE} Hz)"
+        )));
+    }
+    if channels == 0 || channels > MAX_CHANNELS {
+        return Err(Error::Usage(format!(
+            "--channels {channels} is out of range (1 to {MAX_CHANNELS})"
+        )));
+    }
+    let raw = AudioFormat::raw(name, rate, channels);
+    Ok(if raw.is_raw() {
+        raw
+    } else {
+        AudioFormat::container(name)
+    })
+}
+
+fn recognition(args: &SessionArgs, origin: Origin) -> Result<RecognitionOptions> {
+    for hint in &args.language_hints {
+        check_language("--language-hints", hint)?;
+    }
+    if let Some(ms) = args.max_endpoint_delay_ms
+        && !(500..=3000).contains(&ms)
+    {
+        return Err(Error::Usage(format!(
+            "--max-endpoint-delay-ms {ms} is out of range (500 to 3000)"
+        )));
+    }
+    let translation = match (&args.translate_to, &args.translate) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(
+                "--translate-to and --translate cannot be used together".into(),
+            ));
+        }
+        (Some(target), None) => {
+            check_language("--translate-to", target)?;
+            Some(Translation::OneWay {
+                target_language: target.clone(),
+            })
+        }
+        (None, Some(pair)) => {
+            let (a, b) = pair.split_once(':').ok_or_else(|| {
+                Error::Usage(format!(
+                    "--translate takes two languages as A:B, not {pair:?}"
+                ))
+            })?;
+            check_language("--translate", a)?;
+            check_language("--translate", b)?;
+            Some(Translation::TwoWay {
+                language_a: a.to_owned(),
+                language_b: b.to_owned(),
+            })
+        }
+        (None, None) => None,
+    };
+    if let Some(id) = &args.client_reference_id
+        && id.chars().count() > MAX_CLIENT_REFERENCE_CHARS
+    {
+        return Err(Error::Usage(format!(
+            "--client-reference-id is longer than {MAX_CLIENT_REFERENCE_CHARS} characters"
+        )));
+    }
+    Ok(RecognitionOptions {
+        model: args.model.clone(),
+        language_hints: args.language_hints.clone(),
+        language_hints_strict: args.language_hints_strict,
+        context: args
+            .context
+            .as_ref()
+            .map(|c| context_value(c, origin))
+            .transpose()?,
+        diarize: args.diarize,
+        language_id: args.language_id,
+        endpoint_detection: args.endpoint_detection || args.max_endpoint_delay_ms.is_some(),
+        max_endpoint_delay_ms: args.max_endpoint_delay_ms,
+        translation,
+        client_reference_id: args.client_reference_id.clone(),
+    })
+}
+
+fn is_language_code(code: &str) -> bool {
+    (2..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+fn check_language(flag: &str, code: &str) -> Result<()> {
+    if is_language_code(code) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{flag}: {code:?} is not a language code like en or de"
+        )))
+    }
+}
+
+/// The service URL: `url` if given and not empty, else the region's.
+pub(crate) fn url(url: Option<&str>, region: Region) -> Result<String> {
+    let url = url
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| region.url())
+        .to_owned();
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(Error::Usage(format!(
+            "--url must be a ws:// or wss:// URL, not {url:?}"
+        )));
+    }
+    Ok(url)
+}
+
+/// The filter's session limits.
+pub(crate) fn limits(args: &ReliabilityArgs) -> Result<SessionLimits> {
+    if args.max_session.get().as_secs() < 3 {
+        return Err(Error::Usage(
+            "--max-session must be at least 3 seconds".into(),
+        ));
+    }
+    Ok(SessionLimits {
+        idle_close: args.idle_close.nonzero(),
+        drain_timeout: args.drain_timeout.get(),
+        replay_buffer: args.replay_buffer.get(),
+        max_session: args.max_session.get(),
+        retry_budget: args.retry_budget.get(),
+    })
+}
+
+impl From<&LocalEngineArgs> for LocalEngineConfig {
+    fn from(args: &LocalEngineArgs) -> LocalEngineConfig {
+        LocalEngineConfig {
+            model_dir: args.model_dir.clone(),
+            model: args.local_model,
+        }
+    }
+}
+
+impl FilterConfig {
+    /// Resolves and checks the filter's options. `env` looks up environment
+    /// variables (a parameter so tests need not change the process
+    /// environment).
+    pub(crate) fn from_opts(
+        opts: Opts,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<FilterConfig> {
+        let timing = Timing::from_env(env)?;
+        let request = session(&opts.session, Origin::CommandLine)?;
+        let session = SessionConfig::new(&request, &limits(&opts.reliability)?, timing);
+        let local = LocalEngineConfig::from(&opts.local_engine);
+        let target = match (&opts.connect, request.engines.engine) {
+            // Through a daemon, the daemon's key, endpoint and engines serve.
+            (Some(socket), _) => {
+                let mut header = opts.session.clone();
+                header.context = header
+                    .context
+                    .as_ref()
+                    .map(|c| load_context(c, Origin::CommandLine))
+                    .transpose()?;
+                Target::Daemon {
+                    socket: socket.clone(),
+                    header,
+                }
+            }
+            (None, Some(EngineChoice::Local)) => Target::Local(local.clone()),
+            (None, Some(EngineChoice::Soniox) | None) => Target::Soniox(ServiceConfig {
+                url: url(opts.service.url.as_deref(), opts.service.region)?,
+                api_key: load_api_key(opts.service.api_key_file.as_deref(), env)?,
+                ca_file: opts.service.ca_file.clone(),
+                timing,
+            }),
+        };
+        let fallback = match &target {
+            Target::Daemon { .. } => None,
+            _ => request.engines.fallback_local.then_some(local),
+        };
+        Ok(FilterConfig {
+            input: InputOptions {
+                format: session.audio.clone(),
+                format_explicit: opts.session.format_explicit(),
+                follow: opts.follow,
+                ..InputOptions::new(match opts.input {
+                    Some(path) if path.as_os_str() != "-" => Source::Path(path),
+                    _ => Source::Stdin,
+                })
+            },
+            session,
+            target,
+            text_output: opts.format == OutputFormat::Text,
+            fallback,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<FilterConfig> {
+        let mut argv = vec!["sttpipe"];
+        argv.extend_from_slice(args);
+        let opts = Opts::try_parse_from(argv).map_err(|e| Error::Usage(e.to_string()))?;
+        FilterConfig::from_opts(opts, &|name| {
+            (name == "SONIOX_API_KEY").then(|| "k".to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_are_pcm_s16le_16k_mono() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.session.audio, AudioFormat::default_pcm());
+        assert!(!config.input.format_explicit);
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert_eq!(service.url, "wss://stt-rt.soniox.com/transcribe-websocket");
+        assert_eq!(
+            config.session.recognition.model,
+            crate::cli::session_args::DEFAULT_MODEL
+        );
+    }
+
+    #[test]
+    fn flags_resolve() {
+        let config = parse(&[
+            "--language-hints",
+            "en,de",
+            "--translate",
+            "en:es",
+            "--context",
+            "{\"terms\":[\"x\"]}",
+            "--max-endpoint-delay-ms",
+            "800",
+            "--region",
+            "eu",
+            "--audio-format",
+            "mp3",
+        ])
+        .unwrap();
+        let r = &config.session.recognition;
+        assert_eq!(r.language_hints, ["en", "de"]);
+        assert!(r.endpoint_detection);
+        assert_eq!(r.context, Some(serde_json::json!({"terms": ["x"]})));
+        assert_eq!(
+            r.translation,
+            Some(Translation::TwoWay {
+                language_a: "en".into(),
+                language_b: "es".into()
+            })
+        );
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert!(service.url.contains(".eu."));
+        assert!(!config.session.audio.is_raw());
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["--audio-format", "avi"][..],
+            &["--translate", "en"],
+            &["--max-endpoint-delay-ms", "100"],
+            &["--language-hints", "English"],
+            &["--url", "http://x"],
+            &["--rate", "0"],
+            &["--drain-timeout", "1e300"],
+            &["--idle-close", "1e19"],
+            &["--max-session", "2"],
+        ] {
+            assert!(matches!(parse(args), Err(Error::Usage(_))), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn context_files_are_read_from_the_command_line_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("context.txt");
+        std::fs::write(&file, "secret words\n").unwrap();
+        let missing = dir.path().join("missing.txt");
+        let named = |path: &Path| SessionArgs {
+            context: Some(ContextArg::File(path.to_owned())),
+            ..SessionArgs::default()
+        };
+        let local = session(&named(&file), Origin::CommandLine).unwrap();
+        assert_eq!(
+            local.recognition.context,
+            Some(Value::String("secret words".into()))
+        );
+        let refusal = |path: &Path| match session(&named(path), Origin::Client) {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("a client named a file"),
+        };
+        assert_eq!(refusal(&file), refusal(&missing), "no existence oracle");
+        let long = SessionArgs {
+            context: Some(ContextArg::Text("x".repeat(MAX_CONTEXT_CHARS + 1))),
+            ..SessionArgs::default()
+        };
+        assert!(matches!(
+            session(&long, Origin::CommandLine),
+            Err(Error::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn through_a_daemon_the_header_carries_the_context_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("context.txt");
+        std::fs::write(&file, "{\"terms\":[\"Celebrex\"]}").unwrap();
+        let context = format!("@{}", file.display());
+        let config = parse(&["--connect", "/nonexistent.sock", "--context", &context]).unwrap();
+        let Target::Daemon { header, .. } = config.target else {
+            panic!("--connect: through the daemon")
+        };
+        let header = serde_json::to_value(&header).unwrap();
+        assert_eq!(
+            header["context"],
+            serde_json::json!({"terms": ["Celebrex"]})
+        );
+    }
+}

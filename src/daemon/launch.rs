@@ -1,0 +1,215 @@
+//! The session launcher: the one way every daemon front end starts a
+//! client's session, so their quotas, logs and status cannot drift apart.
+//!
+//! Three steps, each a type:
+//!
+//! 1. [`prepare`]: the engines the client may have and its session
+//!    settings within the daemon's bounds, and an entry in the registry
+//!    (the per-uid limit is checked here) → [`Prepared`];
+//! 2. [`Prepared::admit`]: an upstream slot, waiting in the queue if need
+//!    be (the position goes out as a `queued` event) → [`Admitted`]. The
+//!    future may be dropped at any point, which gives up the place;
+//! 3. [`Admitted::spawn`]: the session core on its own task, which holds
+//!    the slot and the registration until the session ends and logs its
+//!    start and end → [`Running`].
+//!
+//! A front end only moves bytes: the Unix socket's raw audio and NDJSON,
+//! or the Soniox protocol's frames.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::Shared;
+use super::admission::{Slot, Ticket};
+use super::registry::{Peer, Progress, Registration, State};
+use crate::config::{SessionConfig, SessionRequest};
+use crate::engine::SessionEngines;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::session::{self, SessionInput, Summary};
+
+/// Who is asking, and through which front end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client {
+    /// The front end's name in `status` and the logs: `unix`, `ws`.
+    pub(crate) front: &'static str,
+    /// The peer's credentials.
+    pub(crate) peer: Peer,
+    /// Sessions this peer's uid may have at once (0: no limit).
+    pub(crate) per_uid_limit: usize,
+}
+
+/// Why a session was not started.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The session cannot run as asked (an engine the daemon lacks), or the
+    /// daemon is full (per uid, or queue): the error says which.
+    Error(Error),
+    /// The daemon is shutting down.
+    Stopping,
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Refusal {
+        Refusal::Error(err)
+    }
+}
+
+/// A session with its engines and settings, registered.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    shared: Arc<Shared>,
+    engines: SessionEngines,
+    config: SessionConfig,
+    registration: Registration,
+}
+
+/// Step 1: the engines and settings for `request`, and a registry entry.
+pub(crate) fn prepare(
+    shared: &Arc<Shared>,
+    client: Client,
+    request: &SessionRequest,
+) -> Result<Prepared, Refusal> {
+    let (engines, config) = shared.session(request)?;
+    let registration = shared
+        .registry
+        .register(client.front, client.peer, client.per_uid_limit)
+        .ok_or_else(|| Error::Busy(format!("uid {} has too many sessions", client.peer.uid)))?;
+    registration
+        .progress
+        .set_bytes_per_second(config.audio.bytes_per_second());
+    Ok(Prepared {
+        shared: shared.clone(),
+        engines,
+        config,
+        registration,
+    })
+}
+
+impl Prepared {
+    /// The session's settings.
+    pub(crate) fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Step 2: waits for an upstream slot. While queued, the position goes
+    /// to `events` as a `queued` event.
+    pub(crate) async fn admit(self, events: &mpsc::Sender<Event>) -> Result<Admitted, Refusal> {
+        let slot = match self.shared.admission.ask() {
+            Ticket::Admitted(slot) => slot,
+            Ticket::Busy => {
+                return Err(Refusal::Error(Error::Busy(
+                    "the daemon is busy: every upstream slot is taken and the queue is full".into(),
+                )));
+            }
+            Ticket::Queued(waiting) => {
+                self.registration.progress.set_state(State::Queued);
+                let _ = events
+                    .send(Event::Queued {
+                        position: waiting.position,
+                    })
+                    .await;
+                tokio::select! {
+                    slot = waiting.slot() => slot,
+                    () = self.shared.stop.cancelled() => return Err(Refusal::Stopping),
+                }
+            }
+        };
+        self.registration.progress.set_state(State::Streaming);
+        Ok(Admitted {
+            prepared: self,
+            slot,
+        })
+    }
+}
+
+/// A session holding its upstream slot, ready to run.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    prepared: Prepared,
+    slot: Slot,
+}
+
+impl Admitted {
+    /// Where the front end reports the audio it moves and its state.
+    pub(crate) fn progress(&self) -> Arc<Progress> {
+        self.prepared.registration.progress.clone()
+    }
+
+    /// Step 3: runs the session core on its own task, reading `input` and
+    /// giving out `events`, under the id `session_id`.
+    pub(crate) fn spawn(
+        self,
+        session_id: String,
+        input: mpsc::Receiver<SessionInput>,
+        events: mpsc::Sender<Event>,
+    ) -> Running {
+        let Admitted { prepared, slot } = self;
+        let Prepared {
+            shared,
+            engines,
+            config,
+            registration,
+        } = prepared;
+        let stop = shared.stop.child_token();
+        info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
+        let task = tokio::spawn(async move {
+            let result =
+                session::run(engines, &config, session_id.clone(), input, events, stop).await;
+            match &result {
+                Ok(summary) => {
+                    info!(session = %session_id, audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");
+                }
+                Err(err) => info!(session = %session_id, error = %err, "session failed"),
+            }
+            // Held to here: the slot and the entry go when the session does.
+            drop((slot, registration));
+            result
+        });
+        Running(Some(task))
+    }
+}
+
+/// A running session's task; aborted if dropped before it ends, which
+/// abandons its upstream session (so a client that goes away frees its slot
+/// at once).
+#[derive(Debug)]
+pub(crate) struct Running(Option<JoinHandle<Result<Summary>>>);
+
+impl Running {
+    /// The session's outcome once it ends; `None` if its task failed.
+    pub(crate) async fn outcome(&mut self) -> Option<Result<Summary>> {
+        let handle = self.0.as_mut()?;
+        let outcome = handle.await;
+        self.0 = None;
+        match outcome {
+            Ok(result) => Some(result),
+            Err(join) => {
+                warn!(error = %join, "the session task failed");
+                None
+            }
+        }
+    }
+
+    /// Ends the session now, abandoning its upstream session (no end of
+    /// audio, no drain). Waits for the task to be gone, so that the input
+    /// channel closing afterwards cannot be taken for an end of audio.
+    pub(crate) async fn abandon(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+            // Cancelled (or it had just ended): either way it is over.
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The daemon's settings: `serve`'s flags over its settings file over the
+//! flags' defaults, resolved and checked once.
+//!
+//! The settings file's keys are [`ServeArgs`]'s own field names (the long
+//! flags with underscores), read into the same struct: a flag given on the
+//! command line (or by its environment variable) wins; a key in the file
+//! fills in a flag left at its default; an unknown key is an error. There
+//! is no second list of settings to keep in step with the flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde_json::Value;
+
+use super::admission::Limits;
+use super::registry::Peer;
+use crate::cli::ServeArgs;
+use crate::cli::values::{EngineChoice, FallbackChoice};
+use crate::config::{LocalEngineConfig, SessionLimits, Timing, resolve};
+use crate::error::{Error, Result};
+
+/// The settings file read when `--config` is not given, if it exists.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/sttpipe/sttpipe.toml";
+
+/// Who may connect: root always; else anyone, or only the listed uids and
+/// (primary) gids when either list is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Access {
+    /// Allowed uids.
+    pub(crate) uids: Vec<u32>,
+    /// Allowed gids.
+    pub(crate) gids: Vec<u32>,
+}
+
+impl Access {
+    /// Whether `peer` may use the daemon.
+    pub(crate) fn allows(&self, peer: &Peer) -> bool {
+        peer.uid == 0
+            || (self.uids.is_empty() && self.gids.is_empty())
+            || self.uids.contains(&peer.uid)
+            || self.gids.contains(&peer.gid)
+    }
+}
+
+/// The daemon's resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Socket path, when the daemon binds its own.
+    pub(crate) socket: PathBuf,
+    /// API key file, if not from the environment or credentials.
+    pub(crate) api_key_file: Option<PathBuf>,
+    /// Service URL.
+    pub(crate) url: String,
+    /// CA file for a private endpoint.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Slots and queue.
+    pub(crate) limits: Limits,
+    /// New upstream sessions a minute.
+    pub(crate) new_sessions_per_minute: u32,
+    /// Sessions per uid (0: no limit).
+    pub(crate) max_sessions_per_uid: usize,
+    /// Who may connect.
+    pub(crate) access: Access,
+    /// Group for a socket the daemon binds.
+    pub(crate) socket_group: Option<String>,
+    /// WebSocket endpoint address.
+    pub(crate) ws_listen: Option<SocketAddr>,
+    /// Token file for the WebSocket endpoint.
+    pub(crate) ws_token_file: Option<PathBuf>,
+    /// Warm upstream connections.
+    pub(crate) warm_pool: usize,
+    /// Drain bound on SIGTERM.
+    pub(crate) drain_timeout: Duration,
+    /// Header bound.
+    pub(crate) header_timeout: Duration,
+    /// The engine of sessions that do not ask for one.
+    pub(crate) engine: EngineChoice,
+    /// Whether Soniox sessions fall back to the local engine.
+    pub(crate) fallback_local: bool,
+    /// The local engine's files and model.
+    pub(crate) local: LocalEngineConfig,
+    /// Time scale (tests).
+    pub(crate) timing: Timing,
+}
+
+impl Settings {
+    /// `args` over the settings file over the defaults; `given` tells which
+    /// of `args` the command line set.
+    pub(crate) fn resolve(
+        args: &ServeArgs,
+        given: &ArgMatches,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings> {
+        let args = with_file(args, given)?;
+        Ok(Settings {
+            socket: args.socket,
+            api_key_file: args.service.api_key_file,
+            url: resolve::url(args.service.url.as_deref(), args.service.region)?,
+            ca_file: args.service.ca_file,
+            limits: Limits {
+                max_upstream: args.max_upstream,
+                queue: args.queue,
+            },
+            new_sessions_per_minute: args.new_sessions_per_minute,
+            max_sessions_per_uid: args.max_sessions_per_uid,
+            access: Access {
+                uids: args.allow_uid,
+                gids: args.allow_gid,
+            },
+            socket_group: args.socket_group,
+            ws_listen: args.ws_listen,
+            ws_token_file: args.ws_token_file,
+            warm_pool: args.warm_pool,
+            drain_timeout: args.drain_timeout.get(),
+            header_timeout: args.header_timeout.get(),
+            engine: args.engine,
+            fallback_local: args.fallback == Some(FallbackChoice::Local),
+            local: LocalEngineConfig::from(&args.local_engine),
+            timing: Timing::from_env(env)?,
+        })
+    }
+
+    /// The bounds of a client's session: the filter's defaults, with the
+    /// daemon's own drain.
+    pub(crate) fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            drain_timeout: self.drain_timeout,
+            ..SessionLimits::default()
+        }
+    }
+}
+
+/// `args` with the settings file filling in what the command line left at
+/// its defaults.
+fn with_file(args: &ServeArgs, given: &ArgMatches) -> Result<ServeArgs> {
+    let (path, required) = match &args.config {
+        Some(path) => (path.as_path(), true),
+        None => (Path::new(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(args.clone());
+        }
+        Err(err) => {
+            return Err(Error::Config(format!(
+                "cannot read settings file {}: {err}",
+                path.display()
+            )));
+        }
+    };
+    let in_file =
+        |message: String| Error::Config(format!("settings file {}: {message}", path.display()));
+    let file: toml::Table = toml::from_str(&text).map_err(|e| in_file(e.message().to_owned()))?;
+    let Value::Object(mut merged) = as_json(args)? else {
+        return Err(Error::Internal("settings: not an object".into()));
+    };
+    for (key, value) in file {
+        if !merged.contains_key(&key) {
+            return Err(in_file(format!("unknown setting {key:?}")));
+        }
+        let from_command_line = matches!(
+            given.value_source(&key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !from_command_line {
+            merged.insert(key, as_json(&value)?);
+        }
+    }
+    let mut merged: ServeArgs =
+        serde_json::from_value(Value::Object(merged)).map_err(|e| in_file(e.to_string()))?;
+    merged.config.clone_from(&args.config);
+    merged.verbose = args.verbose;
+    Ok(merged)
+}
+
+fn as_json(value: &impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::Internal(format!("settings: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> Result<Settings> {
+        let matches = Serve::command()
+            .try_get_matches_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .unwrap();
+        let args = Serve::from_arg_matches(&matches).unwrap().args;
+        Settings::resolve(&args, &matches, &|_| None)
+    }
+
+    #[test]
+    fn access_rules() {
+        let peer = |uid, gid| Peer {
+            uid,
+            gid,
+            pid: None,
+        };
+        let open = Access::default();
+        assert!(open.allows(&peer(1000, 1000)));
+        let listed = Access {
+            uids: vec![1000],
+            gids: vec![50],
+        };
+        assert!(listed.allows(&peer(1000, 1)));
+        assert!(listed.allows(&peer(7, 50)));
+        assert!(listed.allows(&peer(0, 0)), "root always may");
+        assert!(!listed.allows(&peer(1001, 1001)));
+    }
+
+    #[test]
+    fn the_settings_file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sttpipe.toml");
+        std::fs::write(
+            &file,
+            "max_upstream = 3\nqueue = 7\nregion = \"eu\"\nallow_uid = [1000]\ndrain_timeout = 2.5\nlocal_model = \"base-en\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let settings = resolve(&["--config", path, "--queue", "9"]).unwrap();
+        assert_eq!(
+            settings.limits,
+            Limits {
+                max_upstream: 3,
+                queue: 9
+            }
+        );
+        assert!(settings.url.contains(".eu."));
+        assert_eq!(settings.access.uids, [1000]);
+        assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
+        assert_eq!(settings.local.model, crate::cli::values::LocalModel::BaseEn);
+        // Flags the command line set to their default still win.
+        let settings = resolve(&["--config", path, "--max-upstream", "10"]).unwrap();
+        assert_eq!(settings.limits.max_upstream, 10);
+
+        for bad in [
+            "max_upstreams = 3\n",
+            "drain_timeout = 1e300\n",
+            "region = \"mars\"\n",
+            "config = \"/etc/other.toml\"\n",
+            "queue = \"many\"\n",
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(
+                matches!(resolve(&["--config", path]), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            resolve(&["--config", "/nonexistent/sttpipe.toml"]),
+            Err(Error::Config(_))
+        ));
+    }
+}
