@@ -17,7 +17,7 @@
 
 mod admission;
 mod engines;
-mod launch;
+pub(crate) mod launch;
 mod proxy;
 mod registry;
 mod settings;

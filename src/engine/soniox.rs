@@ -6,7 +6,7 @@
 //! after [`KEEPALIVE_AFTER`] without audio, and an empty text frame ends the
 //! audio; the connection is read until `finished` so that the finals that
 //! arrive after the end of audio are never dropped. Error frames become
-//! [`Error::Service`]. See `soniox-protocol.md` §3–§7 in the design docs.
+//! [`Error::Service`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

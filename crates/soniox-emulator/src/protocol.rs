@@ -1,13 +1,12 @@
 //! Wire-level rules of the emulated API: the validation of start requests
-//! as the real service does it (§4 of the protocol notes), and the errors
-//! the fault knobs inject.
+//! as the real service does it, and the errors the fault knobs inject.
 //!
-//! The vocabulary the emulator shares with the daemon's Soniox endpoint
-//! (the error catalogue and frame, the readers of start-request fields, the
-//! `audio_format` spelling rule) is [`crate::soniox_wire`]'s; this module
-//! adds the checks only the real service makes: known models and languages,
-//! lengths, ranges, and v5-only fields. Messages quoted in §8.1 of the notes
-//! are reproduced byte for byte. A few checks have no documented message
+//! The vocabulary the emulator shares with sttpipe (the typed start
+//! request and its shape checks, the error catalogue and frame, the
+//! `audio_format` spelling rule) is `soniox-wire`'s; this module adds the
+//! checks only the real service makes: known models and languages,
+//! lengths, ranges, and v5-only fields. Messages Soniox documents are
+//! reproduced byte for byte. A few checks have no documented message
 //! (endpoint tuning ranges, v5-only fields); their messages are the
 //! emulator's own and are marked as such.
 
@@ -15,7 +14,7 @@ use serde_json::{Map, Value};
 use soniox_wire::error::{MSG_CANNOT_CONTINUE, MSG_INTERNAL};
 use soniox_wire::{ApiError, Bounds, StartRequest};
 
-/// Models the emulator accepts (§4.3).
+/// Models the emulator accepts.
 pub(crate) const MODELS: &[&str] = &[
     "stt-rt-v3",
     "stt-rt-v4",
@@ -60,7 +59,7 @@ pub(crate) fn canonical(code: u16) -> ApiError {
             "organization_balance_exhausted",
             "Organization balance exhausted. Please either add funds manually or enable autopay.",
         ),
-        // Undocumented message; the type is documented (§8.1 "Newer additions").
+        // Undocumented message; the type is documented.
         403 => ApiError::new(
             403,
             "temp_api_key_session_expired",

@@ -1,5 +1,5 @@
 //! The emulator's fake speech recognition: turns received audio into the
-//! token responses of §7 of the protocol notes.
+//! token responses of Soniox's real-time API.
 //!
 //! This module owns the token state machine of one session and nothing else
 //! (no I/O), so its rules are easy to test:

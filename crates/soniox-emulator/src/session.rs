@@ -1,5 +1,5 @@
 //! One emulated session: the task that serves a single WebSocket connection
-//! from the upgrade to the close (§3 of the protocol notes).
+//! from the upgrade to the close.
 //!
 //! The task owns its connection, its [`Recognizer`] and its record slot.
 //! With TLS on, it first completes the TLS handshake; everything after that

@@ -1,6 +1,5 @@
-//! The error catalogue and the error frame (§4 and §8 of Soniox's
-//! WebSocket reference): status codes, `error_type`s and Soniox's exact
-//! messages.
+//! The error catalogue and the error frame of Soniox's WebSocket API:
+//! status codes, `error_type`s and Soniox's exact messages.
 
 use std::borrow::Cow;
 use std::fmt::Display;

@@ -15,7 +15,7 @@
 //! service does; the daemon leaves those to the service) stays with it. The
 //! rule that an absent field and an explicit `null` both mean "not set", and
 //! the short spelling of raw formats (`s16le` for `pcm_s16le`), are here
-//! ([`format`]).
+//! ([`format`](mod@format)).
 
 pub mod error;
 pub mod fields;
