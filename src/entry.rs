@@ -14,8 +14,8 @@ use crate::{logging, output};
 
 /// Runs the command with the process's arguments and environment.
 pub fn run() -> ExitCode {
-    // A panic is a bug: say so on one line and exit 70 (EX_SOFTWARE), also in
-    // release builds, which abort on panic.
+    // A panic is a bug: in the filter, say so on one line and exit 70
+    // (EX_SOFTWARE) whichever thread it was on. The daemon sets its own hook.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("sttpipe: internal error: {info}");
         std::process::exit(i32::from(crate::error::EXIT_SOFTWARE));

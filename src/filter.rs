@@ -180,7 +180,9 @@ async fn stream(
             if let (Some(rate), Some(channels)) = (audio.sample_rate, audio.channels) {
                 (header.rate, header.channels) = (rate, channels);
             }
-            let result = client::run(&socket, &header, session_rx, events.clone(), stop).await;
+            let drain = session_config.timing.wall(session_config.drain_timeout);
+            let result =
+                client::run(&socket, &header, drain, session_rx, events.clone(), stop).await;
             // The daemon's own errors came as its events; ours (no daemon,
             // a lost connection) need one too.
             if let Err(err) = &result

@@ -45,6 +45,7 @@ pub(crate) enum Format {
 pub(crate) fn spawn_stdout(
     format: Format,
 ) -> io::Result<(mpsc::Sender<Event>, thread::JoinHandle<OutputEnd>)> {
+    check_stdout_writable()?;
     let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
     let handle = thread::Builder::new()
         .name("stdout".into())
@@ -58,6 +59,23 @@ pub(crate) fn spawn_stdout(
             }
         })?;
     Ok((tx, handle))
+}
+
+/// Fails unless stdout is open for writing. The standard library drops
+/// writes to a closed descriptor (EBADF) without a word, so a stdout that
+/// is closed, or opened read-only, would lose every event and still exit 0.
+fn check_stdout_writable() -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(io::stdout(), FcntlArg::F_GETFL)
+        .map_err(|errno| io::Error::other(format!("stdout is not open ({})", errno.desc())))?;
+    let mode = OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE;
+    if mode == OFlag::O_RDONLY {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "stdout is open for reading only",
+        ));
+    }
+    Ok(())
 }
 
 /// Writes one event to stdout at once, outside any session (an error before

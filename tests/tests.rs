@@ -27,3 +27,5 @@ mod browser;
 mod sdk;
 // The offline engine on real speech.
 mod local;
+// What an adversarial pass found, one test per finding.
+mod hardening;

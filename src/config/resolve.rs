@@ -225,12 +225,23 @@ pub(crate) fn url(url: Option<&str>, region: Region) -> Result<String> {
     Ok(url)
 }
 
+/// The smallest replay buffer: on a healthy connection it holds the
+/// paced input's lead over real time (2 s) and the audio whose words are
+/// not final yet (a second or more), so less would drop audio with no
+/// failure at all.
+pub(crate) const MIN_REPLAY_BUFFER_SECS: u64 = 10;
+
 /// The filter's session limits.
 pub(crate) fn limits(args: &ReliabilityArgs) -> Result<SessionLimits> {
     if args.max_session.get().as_secs() < 3 {
         return Err(Error::Usage(
             "--max-session must be at least 3 seconds".into(),
         ));
+    }
+    if args.replay_buffer.get().as_secs() < MIN_REPLAY_BUFFER_SECS {
+        return Err(Error::Usage(format!(
+            "--replay-buffer must be at least {MIN_REPLAY_BUFFER_SECS} seconds: less drops audio on a healthy connection"
+        )));
     }
     Ok(SessionLimits {
         idle_close: args.idle_close.nonzero(),
@@ -382,6 +393,7 @@ mod tests {
             &["--drain-timeout", "1e300"],
             &["--idle-close", "1e19"],
             &["--max-session", "2"],
+            &["--replay-buffer", "1"],
         ] {
             assert!(matches!(parse(args), Err(Error::Usage(_))), "{args:?}");
         }

@@ -146,6 +146,17 @@ impl Admission {
         Self::hand_over(&mut state);
     }
 
+    /// Slots free now (none while anyone waits).
+    pub(crate) fn free_slots(&self) -> usize {
+        let mut state = self.lock();
+        state.waiting.retain(|w| !w.is_closed());
+        if state.waiting.is_empty() {
+            state.limits.max_upstream.saturating_sub(state.active)
+        } else {
+            0
+        }
+    }
+
     /// (streaming, waiting, limits) now.
     pub(crate) fn usage(&self) -> (usize, usize, Limits) {
         let mut state = self.lock();

@@ -21,6 +21,7 @@ use crate::engine::{Engine, RateLimiter, SessionEngines};
 use crate::error::{Error, Result};
 
 use super::Settings;
+use super::admission::Admission;
 
 /// The engines of one generation of the daemon's settings.
 #[derive(Debug, Clone)]
@@ -41,6 +42,7 @@ impl Engines {
         settings: &Settings,
         key: Option<ApiKey>,
         rate: &Arc<RateLimiter>,
+        admission: &Admission,
         previous: Option<&Engines>,
     ) -> Result<Engines> {
         let soniox = match key {
@@ -52,7 +54,10 @@ impl Engines {
                     timing: settings.timing,
                 })?
                 .with_rate(rate.clone())
-                .with_warm_pool(settings.warm_pool),
+                .with_warm_pool(settings.warm_pool, {
+                    let admission = admission.clone();
+                    Arc::new(move || admission.free_slots())
+                }),
             )),
             None => None,
         };

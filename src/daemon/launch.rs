@@ -16,7 +16,10 @@
 //! A front end only moves bytes: the Unix socket's raw audio and NDJSON,
 //! or the Soniox protocol's frames.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -157,8 +160,18 @@ impl Admitted {
         let stop = shared.stop.child_token();
         info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
         let task = tokio::spawn(async move {
-            let result =
-                session::run(engines, &config, session_id.clone(), input, events, stop).await;
+            let report = events.clone();
+            let session = session::run(engines, &config, session_id.clone(), input, events, stop);
+            // A bug in one session ends that session, with an `error` event
+            // for its client, and nothing else.
+            let result = match AssertUnwindSafe(session).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    let err = Error::Internal("the session failed (a bug; it is logged)".into());
+                    let _ = report.send(Event::error(&err)).await;
+                    Err(err)
+                }
+            };
             match &result {
                 Ok(summary) => {
                     info!(session = %session_id, audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");

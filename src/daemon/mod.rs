@@ -146,6 +146,13 @@ impl Shared {
 /// Runs the daemon: the synchronous entry point. `fds` are the sockets
 /// systemd passed, taken before any thread started.
 pub(crate) fn main(args: ServeArgs, given: ArgMatches, fds: ListenFds) -> u8 {
+    // A panic in one session (its task, its engine's task or thread) must
+    // not take the other sessions with it: it is logged, and tokio or the
+    // launcher contain it to its task (the release build unwinds). Only a
+    // panic of the daemon's own loop ends the process, with 70, below.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "internal error; the task it happened in is dropped");
+    }));
     let env = |name: &str| std::env::var(name).ok();
     let settings = match Settings::resolve(&args, &given, &env) {
         Ok(settings) => settings,
@@ -163,9 +170,13 @@ pub(crate) fn main(args: ServeArgs, given: ArgMatches, fds: ListenFds) -> u8 {
         Err(err) => return fail(&Error::Internal(format!("cannot start the runtime: {err}"))),
     };
     let command_line = CommandLine { args, given };
-    match runtime.block_on(serve(command_line, settings, key, fds)) {
-        Ok(()) => EXIT_OK,
-        Err(err) => fail(&err),
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(serve(command_line, settings, key, fds))
+    }));
+    match served {
+        Ok(Ok(())) => EXIT_OK,
+        Ok(Err(err)) => fail(&err),
+        Err(_) => fail(&Error::Internal("the daemon's main loop panicked".into())),
     }
 }
 
@@ -241,14 +252,7 @@ fn listen(settings: &Settings, fds: &mut ListenFds) -> Result<Listener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(bind_error)?;
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(Error::Config(format!(
-            "{} is in use by another daemon",
-            path.display()
-        )));
-    }
-    // A stale socket from a daemon that died: nobody answers on it.
-    let _ = std::fs::remove_file(path);
+    remove_stale_socket(path)?;
     let socket = UnixListener::bind(path).map_err(bind_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
     if let Some(group) = &settings.socket_group {
@@ -276,6 +280,50 @@ struct CommandLine {
     given: ArgMatches,
 }
 
+/// Clears the way for binding `path`: a socket nobody answers on (a daemon
+/// that died) is removed; one in use, or anything that is not a socket, is
+/// an error and is left alone.
+fn remove_stale_socket(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => {
+            return Err(Error::Config(format!(
+                "cannot listen on {}: {err}",
+                path.display()
+            )));
+        }
+    };
+    if !kind.is_socket() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "a file"
+        };
+        return Err(Error::Config(format!(
+            "cannot listen on {}: it is {what}, not a socket (left as it is)",
+            path.display()
+        )));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::Config(format!(
+            "{} is in use by another daemon",
+            path.display()
+        )));
+    }
+    std::fs::remove_file(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot remove the stale socket {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 async fn serve(
     command_line: CommandLine,
     settings: Settings,
@@ -284,7 +332,8 @@ async fn serve(
 ) -> Result<()> {
     let notifier = Notifier::from_env();
     let rate = Arc::new(RateLimiter::new(settings.new_sessions_per_minute));
-    let engines = Engines::build(&settings, key, &rate, None)?;
+    let admission = Admission::new(settings.limits);
+    let engines = Engines::build(&settings, key, &rate, &admission, None)?;
     engines.preload().await?;
     let listener = listen(&settings, &mut fds)?;
     let ws = match fds.take_tcp_listener() {
@@ -303,7 +352,7 @@ async fn serve(
     };
     let shared = Arc::new(Shared {
         engines: Mutex::new(engines),
-        admission: Admission::new(settings.limits),
+        admission,
         rate,
         access: Mutex::new(settings.access.clone()),
         per_uid_limit: AtomicUsize::new(settings.max_sessions_per_uid),
@@ -394,7 +443,13 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
     let env = |name: &str| std::env::var(name).ok();
     let settings = Settings::resolve(&command_line.args, &command_line.given, &env)?;
     let key = load_key(&settings, &env)?;
-    let engines = Engines::build(&settings, key, &shared.rate, Some(&shared.engines()))?;
+    let engines = Engines::build(
+        &settings,
+        key,
+        &shared.rate,
+        &shared.admission,
+        Some(&shared.engines()),
+    )?;
     engines.preload().await?;
     let ws_token = read_ws_token(&settings)?;
     shared.admission.set_limits(settings.limits);

@@ -95,6 +95,7 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings> {
         let args = with_file(args, given)?;
+        check_limits(&args)?;
         Ok(Settings {
             socket: args.socket,
             api_key_file: args.service.api_key_file,
@@ -131,6 +132,29 @@ impl Settings {
             ..SessionLimits::default()
         }
     }
+}
+
+/// Limits that would make every client wait forever, or open more idle
+/// connections than the project may have streams, are refused.
+fn check_limits(args: &ServeArgs) -> Result<()> {
+    if args.max_upstream == 0 {
+        return Err(Error::Usage(
+            "--max-upstream must be at least 1 (0 would queue every client forever)".into(),
+        ));
+    }
+    if args.new_sessions_per_minute == 0 {
+        return Err(Error::Usage(
+            "--new-sessions-per-minute must be at least 1 (0 would hold every client forever)"
+                .into(),
+        ));
+    }
+    if args.warm_pool > args.max_upstream {
+        return Err(Error::Usage(format!(
+            "--warm-pool {} is more than --max-upstream {}: idle connections count against Soniox's limits too",
+            args.warm_pool, args.max_upstream
+        )));
+    }
+    Ok(())
 }
 
 /// `args` with the settings file filling in what the command line left at
@@ -262,5 +286,21 @@ mod tests {
             resolve(&["--config", "/nonexistent/sttpipe.toml"]),
             Err(Error::Config(_))
         ));
+    }
+
+    #[test]
+    fn limits_that_hold_everyone_are_refused() {
+        for argv in [
+            &["--max-upstream", "0"][..],
+            &["--new-sessions-per-minute", "0"],
+            &["--warm-pool", "11"],
+            &["--max-upstream", "1", "--warm-pool", "2"],
+        ] {
+            let mut full = vec!["--config", "/dev/null"];
+            full.extend_from_slice(argv);
+            assert!(matches!(resolve(&full), Err(Error::Usage(_))), "{argv:?}");
+        }
+        let settings = resolve(&["--config", "/dev/null", "--queue", "0"]).unwrap();
+        assert_eq!(settings.limits.queue, 0, "no queue: busy at once");
     }
 }

@@ -64,9 +64,15 @@ pub(crate) struct SonioxEngine {
 /// them before 10 minutes).
 pub(crate) const WARM_MAX_AGE: Duration = Duration::from_secs(9 * 60);
 
+/// How many idle connections the pool may hold now: the daemon's free
+/// upstream slots, so that warm connections and streaming sessions together
+/// stay within `--max-upstream` (Soniox counts idle connections too).
+pub(crate) type PoolRoom = Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// Open connections waiting for a session.
 struct WarmPool {
     size: usize,
+    room: PoolRoom,
     /// Oldest first, with the time each was opened.
     idle: Mutex<VecDeque<(Instant, Socket)>>,
     /// A connection was taken: open another.
@@ -98,8 +104,14 @@ async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEngine) {
         let Some(strong) = pool.upgrade() else {
             return;
         };
-        let missing = strong.size.saturating_sub(strong.lock().len());
+        let target = strong.size.min((strong.room)());
+        let missing = target.saturating_sub(strong.lock().len());
         for _ in 0..missing {
+            // A warm connection is a new connection as the quota counts it:
+            // it takes its token now, and the session that uses it none.
+            if let Some(rate) = &engine.rate {
+                rate.take().await;
+            }
             match engine.connect().await {
                 Ok(socket) => strong.lock().push_back((Instant::now(), socket)),
                 Err(err) => {
@@ -110,11 +122,14 @@ async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEngine) {
         }
         // Keepalives on the idle connections: the service may send one
         // before the start request (the Python SDK's preconnect does).
+        // Past the room (more sessions stream now), the oldest go.
         let idle: Vec<(Instant, Socket)> = strong.lock().drain(..).collect();
+        let surplus = idle.len().saturating_sub(target);
         let mut alive = Vec::with_capacity(idle.len());
-        for (opened, mut socket) in idle {
+        for (i, (opened, mut socket)) in idle.into_iter().enumerate() {
             let young = opened.elapsed() < WARM_MAX_AGE;
-            if young
+            if i >= surplus
+                && young
                 && socket
                     .send(Message::text(r#"{"type":"keepalive"}"#))
                     .await
@@ -160,14 +175,17 @@ impl SonioxEngine {
         self
     }
 
-    /// Keeps `size` connections open and ready (handshake done, keepalives
-    /// sent, replaced before [`WARM_MAX_AGE`]), so that a session's first
-    /// audio goes out without a TCP, TLS and WebSocket handshake. Must be
-    /// called within a tokio runtime; the pool's task ends with the engine.
-    pub(crate) fn with_warm_pool(mut self, size: usize) -> SonioxEngine {
+    /// Keeps up to `size` connections open and ready (handshake done,
+    /// keepalives sent, replaced before [`WARM_MAX_AGE`]), so that a
+    /// session's first audio goes out without a TCP, TLS and WebSocket
+    /// handshake; never more than `room` allows. Each warm connection takes
+    /// a token of the rate limit when it opens. Must be called within a
+    /// tokio runtime; the pool's task ends with the engine.
+    pub(crate) fn with_warm_pool(mut self, size: usize, room: PoolRoom) -> SonioxEngine {
         if size > 0 {
             let pool = Arc::new(WarmPool {
                 size,
+                room,
                 idle: Mutex::new(VecDeque::new()),
                 wanted: Notify::new(),
             });
@@ -184,9 +202,6 @@ impl SonioxEngine {
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
     ) -> Result<EngineLink> {
-        if let Some(rate) = &self.rate {
-            rate.take().await;
-        }
         let start = Message::text(start_request(recognition, audio).to_json());
         let mut socket = None;
         if let Some(pool) = &self.pool {
@@ -202,6 +217,9 @@ impl SonioxEngine {
         let socket = match socket {
             Some(socket) => socket,
             None => {
+                if let Some(rate) = &self.rate {
+                    rate.take().await;
+                }
                 let mut socket = self.connect().await?;
                 socket
                     .send(start)

@@ -89,9 +89,17 @@ pub fn marker_audio(n: usize, spacing_ms: u64, total_ms: u64) -> (Vec<Word>, Vec
     (words, audio)
 }
 
+/// The binary under test: this build's, or `STTPIPE_TEST_BIN` (to show
+/// that a test fails on an older build).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("STTPIPE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sttpipe").into())
+}
+
 /// A `sttpipe` command with a clean environment pointed at `url`.
 pub fn sttpipe(url: Option<&str>, key: Option<&str>) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sttpipe"));
+    let mut command = Command::new(binary());
     for var in [
         "SONIOX_API_KEY",
         "SONIOX_WS_URL",
