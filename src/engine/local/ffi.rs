@@ -3,8 +3,8 @@
 //! `sherpa-onnx-core==2.0.1` wheel, and nothing else. Every struct is
 //! declared whole, in the header's order, because the library reads it
 //! whole; the constant assertions at the end pin their sizes and the offsets
-//! this engine writes. Only declarations: the calls through them are made
-//! elsewhere in the engine, each with its `SAFETY:` argument.
+//! this engine writes. Only declarations: the calls through them, each
+//! with its `SAFETY:` argument, are [`runtime`](super::runtime)'s.
 
 use std::ffi::c_char;
 
