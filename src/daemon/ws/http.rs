@@ -6,7 +6,7 @@
 //! Nothing here keeps a connection open past one response, except an
 //! accepted upgrade, which the caller turns into a WebSocket.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -15,44 +15,58 @@ const PAGE: &str = include_str!("page.html");
 
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers in a request head; browsers send about 20.
+const MAX_HEADERS: usize = 64;
 /// Bytes read from the socket at a time while reading the head.
 const HEAD_CHUNK: usize = 2048;
 /// The subprotocol that announces a key in the next subprotocol.
 const KEY_SUBPROTOCOL: &str = "soniox-api-key";
 
 /// Why no request head was read.
+#[derive(Debug)]
 pub(super) enum HeadError {
+    /// Longer than [`MAX_HEAD_BYTES`], or more than [`MAX_HEADERS`]
+    /// headers: 431.
     TooLarge,
+    /// Not an HTTP/1.x request head, or a header value that is not UTF-8:
+    /// 400.
+    Malformed,
+    /// The socket failed: nothing to answer.
     Io(std::io::Error),
 }
 
-/// Reads up to the end of the request head. Returns the head (without the
-/// blank line) and the bytes read past it; `None` if the client closed first.
+/// Reads up to the end of the request head. Returns the parsed head and
+/// the bytes read past it (the start of the WebSocket stream, if the
+/// client did not wait for the 101); `None` if the client closed first.
 pub(super) async fn read_head(
-    stream: &mut TcpStream,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, HeadError> {
+    stream: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<(Head, Vec<u8>)>, HeadError> {
     let mut buf = Vec::with_capacity(HEAD_CHUNK);
     loop {
-        let searched_from = buf.len().saturating_sub(3);
+        let read_from = buf.len();
         buf.reserve(HEAD_CHUNK);
         let n = stream.read_buf(&mut buf).await.map_err(HeadError::Io)?;
         if n == 0 {
             return Ok(None);
         }
-        if let Some(at) = find(&buf[searched_from..], b"\r\n\r\n") {
-            let end = searched_from + at;
-            let rest = buf.split_off(end + 4);
-            buf.truncate(end);
-            return Ok(Some((buf, rest)));
+        // A head ends with a newline and a header is counted at one, so
+        // parsing only when new bytes bring a newline misses neither the
+        // end nor one header too many; and since each such read ends a new
+        // line of the head, one head is parsed at most MAX_HEADERS + 2
+        // times however the client trickles it in.
+        if buf[read_from..].contains(&b'\n')
+            && let Some((head, len)) = Head::parse(&buf)?
+        {
+            if len > MAX_HEAD_BYTES {
+                return Err(HeadError::TooLarge);
+            }
+            let rest = buf.split_off(len);
+            return Ok(Some((head, rest)));
         }
         if buf.len() > MAX_HEAD_BYTES {
             return Err(HeadError::TooLarge);
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A parsed request head.
@@ -61,48 +75,57 @@ pub(super) struct Head {
     method: String,
     /// The target's path, without the query.
     pub(super) path: String,
-    /// Header names lowercased, in order, repeats kept.
+    /// Header names as sent, in order, repeats kept.
     headers: Vec<(String, String)>,
 }
 
 impl Head {
-    /// Parses an HTTP/1.1 request head; `None` if it is not one.
-    pub(super) fn parse(bytes: &[u8]) -> Option<Head> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut lines = text.split("\r\n");
-        let mut request_line = lines.next()?.split(' ');
-        let method = request_line.next()?.to_owned();
-        let target = request_line.next()?;
-        let version = request_line.next()?;
-        if request_line.next().is_some() || !version.starts_with("HTTP/1.") || method.is_empty() {
-            return None;
+    /// Parses the HTTP/1.x request head at the start of `bytes`: the head
+    /// and its length in bytes (blank line included), or `None` if `bytes`
+    /// ends before the head does.
+    pub(super) fn parse(bytes: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+        // httparse skips empty lines before the request line; they are
+        // refused instead, so that every line of a head read so far is one
+        // of its own (which bounds the parses in `read_head`).
+        if matches!(bytes.first(), Some(b'\r' | b'\n')) {
+            return Err(HeadError::Malformed);
         }
-        let path = target
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let mut headers = Vec::new();
-        for line in lines {
-            let (name, value) = line.split_once(':')?;
-            if name.is_empty() || name.ends_with(' ') {
-                return None;
-            }
-            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-        }
-        Some(Head {
-            method,
-            path,
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut slots);
+        let len = match request.parse(bytes) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        // A complete parse sets the method and the target (httparse's
+        // contract); their absence would be a head that is not one.
+        let (Some(method), Some(target)) = (request.method, request.path) else {
+            return Err(HeadError::Malformed);
+        };
+        let path = target.split(['?', '#']).next().unwrap_or_default();
+        let headers = request
+            .headers
+            .iter()
+            .map(|header| {
+                let value = std::str::from_utf8(header.value).map_err(|_| HeadError::Malformed)?;
+                Ok((header.name.to_owned(), value.trim().to_owned()))
+            })
+            .collect::<Result<_, HeadError>>()?;
+        let head = Head {
+            method: method.to_owned(),
+            path: path.to_owned(),
             headers,
-        })
+        };
+        Ok(Some((head, len)))
     }
 
-    /// Every value of header `name` (lowercase), joined by commas.
+    /// Every value of header `name` (any case), joined by commas.
     fn header(&self, name: &str) -> Option<String> {
         let values: Vec<&str> = self
             .headers
             .iter()
-            .filter(|(n, _)| n == name)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
             .collect();
         (!values.is_empty()).then(|| values.join(", "))
@@ -299,8 +322,35 @@ pub(super) async fn respond_page(stream: &mut TcpStream, with_body: bool) {
 mod tests {
     use super::*;
 
+    /// `text` as a whole request head (the blank line added).
     fn head(text: &str) -> Head {
-        Head::parse(text.as_bytes()).expect("a request head")
+        let bytes = format!("{text}\r\n\r\n");
+        match Head::parse(bytes.as_bytes()) {
+            Ok(Some((head, len))) => {
+                assert_eq!(len, bytes.len(), "the whole head is read");
+                head
+            }
+            other => panic!("not a request head: {other:?}"),
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+        Head::parse(bytes)
+    }
+
+    /// The head `read_head` reads from `parts`, each of them one read at
+    /// most (a chain reads one part at a time), and all that follows it:
+    /// what was read with the head, then what was left in the stream.
+    async fn read(parts: &[&[u8]]) -> Result<Option<(Head, Vec<u8>)>, HeadError> {
+        let mut reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(tokio::io::empty());
+        for part in parts {
+            reader = Box::new(reader.chain(std::io::Cursor::new(part.to_vec())));
+        }
+        let Some((head, mut rest)) = read_head(&mut reader).await? else {
+            return Ok(None);
+        };
+        reader.read_to_end(&mut rest).await.map_err(HeadError::Io)?;
+        Ok(Some((head, rest)))
     }
 
     fn upgrade_head(path: &str, extra: &str) -> Head {
@@ -340,8 +390,30 @@ mod tests {
             route(&upgrade_head("/other", ""), false),
             Route::Plain(404, "Not Found")
         );
-        assert!(Head::parse(b"GARBAGE").is_none());
-        assert!(Head::parse(b"GET / HTTP/1.1\r\nno colon").is_none());
+        assert!(matches!(
+            parse(b"GARBAGE\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nno colon\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nName : v\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        assert!(
+            matches!(
+                parse(b"\r\nGET / HTTP/1.1\r\n\r\n"),
+                Err(HeadError::Malformed)
+            ),
+            "no empty line before the request line"
+        );
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
     }
 
     #[test]
@@ -389,5 +461,97 @@ mod tests {
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x",
         );
         assert_eq!(Upgrade::check(&old).err().map(|e| e.0), Some(426));
+    }
+
+    #[test]
+    fn header_names_are_matched_in_any_case_and_repeats_joined() {
+        let head = head(
+            "GET / HTTP/1.1\r\nhost: localhost:3001\r\nUPGRADE: WebSocket\r\nconnection: upgrade\r\nSEC-WEBSOCKET-VERSION: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Many: a\r\nx-many:  b \r\nX-MANY:",
+        );
+        assert_eq!(head.header("x-many").as_deref(), Some("a, b, "));
+        assert_eq!(head.header("Host").as_deref(), Some("localhost:3001"));
+        assert_eq!(route(&head, false), Route::Upgrade);
+        let upgrade = Upgrade::check(&head).expect("a valid upgrade");
+        assert_eq!(upgrade.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn a_header_value_must_be_text() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nUser-Agent: caf\xe9\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        let utf8 = head("GET / HTTP/1.1\r\nUser-Agent: café");
+        assert_eq!(utf8.header("user-agent").as_deref(), Some("café"));
+    }
+
+    #[test]
+    fn headers_are_bounded_in_number() {
+        let many = |n: usize| {
+            let mut text = String::from("GET / HTTP/1.1\r\n");
+            for i in 0..n {
+                text.push_str(&format!("X-{i}: v\r\n"));
+            }
+            text.push_str("\r\n");
+            text
+        };
+        assert!(matches!(parse(many(MAX_HEADERS).as_bytes()), Ok(Some(_))));
+        assert!(matches!(
+            parse(many(MAX_HEADERS + 1).as_bytes()),
+            Err(HeadError::TooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_head_may_come_in_pieces_and_what_follows_is_kept() {
+        let whole = b"GET /transcribe-websocket?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
+        // Split in the request line, in a name, between CR and LF, in the
+        // blank line, at its end and in what follows.
+        for cuts in [&[5, 30][..], &[52], &[48], &[69], &[70], &[71, 73]] {
+            let mut parts = Vec::new();
+            let mut from = 0;
+            for &cut in cuts {
+                parts.push(&whole[from..cut]);
+                from = cut;
+            }
+            parts.push(&whole[from..]);
+            let (head, rest) = read(&parts)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("a head from {cuts:?}"));
+            assert_eq!(head.path, "/transcribe-websocket", "{cuts:?}");
+            assert_eq!(head.header("host").as_deref(), Some("h"), "{cuts:?}");
+            assert_eq!(head.header("upgrade").as_deref(), Some("websocket"));
+            assert_eq!(rest, b"\x81\x02hi", "{cuts:?}");
+        }
+        assert!(
+            matches!(read(&[b"GET / HTTP/1.1\r\nHost"]).await, Ok(None)),
+            "the client closed first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_is_bounded_in_size() {
+        let head_of = |value_len: usize| {
+            let head = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(value_len));
+            head.into_bytes()
+        };
+        let at_limit = head_of(MAX_HEAD_BYTES - 23);
+        assert_eq!(at_limit.len(), MAX_HEAD_BYTES);
+        assert!(matches!(read(&[&at_limit]).await, Ok(Some(_))));
+        assert!(matches!(
+            read(&[&head_of(MAX_HEAD_BYTES - 22)]).await,
+            Err(HeadError::TooLarge)
+        ));
+        let endless = "a".repeat(MAX_HEAD_BYTES + HEAD_CHUNK);
+        assert!(matches!(
+            read(&[b"GET / HTTP/1.1\r\nX: ", endless.as_bytes()]).await,
+            Err(HeadError::TooLarge)
+        ));
+        let trickled: Vec<&[u8]> = std::iter::once(&b"GET / HTTP/1.1\r\n"[..])
+            .chain(std::iter::repeat_n(&b"X: v\r\n"[..], MAX_HEADERS + 1))
+            .collect();
+        assert!(matches!(read(&trickled).await, Err(HeadError::TooLarge)));
     }
 }

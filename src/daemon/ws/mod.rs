@@ -113,6 +113,11 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             http::refuse(&mut stream, 431, "Request Header Fields Too Large", &[]).await;
             return;
         }
+        Ok(Err(HeadError::Malformed)) => {
+            debug!("malformed request head");
+            http::refuse(&mut stream, 400, "Bad Request", &[]).await;
+            return;
+        }
         Ok(Err(HeadError::Io(err))) => {
             debug!(error = %err, "reading the request head failed");
             return;
@@ -122,10 +127,6 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             http::refuse(&mut stream, 408, "Request Timeout", &[]).await;
             return;
         }
-    };
-    let Some(head) = http::Head::parse(&head) else {
-        http::refuse(&mut stream, 400, "Bad Request", &[]).await;
-        return;
     };
     let token = shared.ws_token();
     match http::route(&head, token.is_some()) {
