@@ -5,7 +5,7 @@
 //! key and within Soniox's quotas: an upstream [`admission::Slot`] per
 //! session (the rest wait in a bounded queue, then get `busy`), and a rate
 //! limit on new upstream sessions. Optionally it also speaks the Soniox
-//! WebSocket protocol itself ([`proxy`]), so browsers and Soniox clients can
+//! WebSocket protocol itself ([`ws`]), so browsers and Soniox clients can
 //! stream through it without the key.
 //!
 //! Lifecycle, under systemd `Type=notify`: `READY=1` once the key is loaded
@@ -18,10 +18,10 @@
 mod admission;
 mod engines;
 pub(crate) mod launch;
-mod proxy;
 mod registry;
 mod settings;
 mod unix;
+mod ws;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -397,7 +397,7 @@ async fn serve(
             },
             accepted = accept_tcp(ws.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(proxy::handle(stream, peer, shared.clone()));
+                    tracker.spawn(ws::handle(stream, peer, shared.clone()));
                 }
                 Err(err) => accept_failed(err).await,
             },

@@ -1,0 +1,357 @@
+//! The daemon's Soniox-compatible WebSocket endpoint (`--ws-listen`).
+//!
+//! Everything a TCP client of the daemon sees goes through here, one job a
+//! file: [`http`] reads the request head (bounded in size and time), routes
+//! it between the browser page (`GET /`) and WebSocket upgrades (`/` and
+//! `/transcribe-websocket`) and checks the upgrade; [`start`] turns a Soniox
+//! start request into the session's options and errors into Soniox error
+//! frames; [`relay`] moves frames between the client and its session;
+//! [`transcript`] folds the session's events into Soniox responses. This
+//! file owns one connection's course: accept, head, route, upgrade, then the
+//! start request, the key check and the launch.
+//!
+//! A client speaks the Soniox real-time protocol (Soniox's WebSocket API
+//! reference) to the daemon as it would to Soniox; the daemon runs the same
+//! session core as every other front end ([`crate::session::run`], with
+//! reconnect and replay), under the same admission (an upstream slot, else
+//! the queue, else 429) and in the same registry (front `"ws"`), upstream
+//! with its own key.
+//!
+//! Security model: the client's key is only ever compared with the daemon's
+//! local token (when one is set): it is never forwarded, logged, or stored.
+//! Without a token, only same-origin browser pages may upgrade (see
+//! [`http::route`]), so another web page cannot use the daemon's key through
+//! a visitor's browser.
+//!
+//! Improvements over Soniox's "proxy stream" guide's example: frames that
+//! arrive while the upstream session connects go through one ordered channel
+//! into the session core's replay buffer, so they are never lost or
+//! reordered; errors are relayed as Soniox error frames; a client that goes
+//! away ends its upstream session at once.
+//!
+//! WebSocket clients have no uid: they are registered as one remote
+//! pseudo-peer ([`REMOTE_PEER`], uid and gid `u32::MAX`) with no per-uid
+//! limit, since all of them share that uid and one busy client would
+//! otherwise lock out the rest; the upstream limit and the queue still apply,
+//! and the local token is their access rule.
+
+mod http;
+mod relay;
+mod start;
+mod transcript;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tracing::{Instrument, debug, info, info_span};
+
+use soniox_wire::{ApiError, StartRequest};
+
+use super::Shared;
+use super::launch::{self, Client as LaunchClient, Refusal};
+use super::registry::Peer;
+use crate::config::resolve::{self, Origin};
+use http::{ClientKey, HeadError, Route, Upgrade};
+use relay::Relay;
+use start::{BOUNDS, api_error, key_matches, session_args};
+
+/// Largest WebSocket message (and frame) from a client: a minute of 16 kHz
+/// stereo f32 is under 8 MiB; anything larger is not streaming.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// A client must send its start request (or a keepalive) within this long.
+/// Soniox's own bound is undocumented; this is the emulator's default.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A streaming client that sends neither audio nor a keepalive for this long
+/// gets Soniox's 408 and is closed, so a silent client cannot hold an
+/// upstream slot forever (Soniox's own rule).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long to wait for the client's close reply, and for a finished
+/// session's task to return.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Events queued from the session towards the client.
+const EVENT_QUEUE: usize = 1024;
+/// Audio messages queued from the client into the session (about 100 ms
+/// each); past it the client's socket is not read, so TCP holds it back.
+const AUDIO_QUEUE: usize = 8;
+/// Who a WebSocket client is in the registry: remote, no uid (see the
+/// module docs).
+const REMOTE_PEER: Peer = Peer {
+    uid: u32::MAX,
+    gid: u32::MAX,
+    pid: None,
+};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Serves one TCP connection on the WebSocket endpoint to the end.
+pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let span = info_span!("ws", %peer);
+    serve(stream, shared).instrument(span).await;
+}
+
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    // Responses are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let bound = shared.header_timeout();
+    let (head, rest) = match tokio::time::timeout(bound, http::read_head(&mut stream)).await {
+        Ok(Ok(Some(read))) => read,
+        Ok(Ok(None)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            debug!("request head too large");
+            http::refuse(&mut stream, 431, "Request Header Fields Too Large", &[]).await;
+            return;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            debug!("malformed request head");
+            http::refuse(&mut stream, 400, "Bad Request", &[]).await;
+            return;
+        }
+        Ok(Err(HeadError::Io(err))) => {
+            debug!(error = %err, "reading the request head failed");
+            return;
+        }
+        Err(_) => {
+            debug!("no request head in time");
+            http::refuse(&mut stream, 408, "Request Timeout", &[]).await;
+            return;
+        }
+    };
+    let token = shared.ws_token();
+    match http::route(&head, token.is_some()) {
+        Route::Page { with_body } => {
+            debug!("serving the page");
+            http::respond_page(&mut stream, with_body).await;
+        }
+        Route::Plain(status, reason) => {
+            debug!(status, path = %head.path, "plain request refused");
+            http::refuse(&mut stream, status, reason, &[]).await;
+        }
+        Route::Upgrade => {
+            let upgrade = match Upgrade::check(&head) {
+                Ok(upgrade) => upgrade,
+                Err((status, reason, extra)) => {
+                    debug!(status, "bad WebSocket upgrade");
+                    http::refuse(&mut stream, status, reason, extra).await;
+                    return;
+                }
+            };
+            if stream
+                .write_all(upgrade.response().as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let config = soniox_wire::websocket_config()
+                .max_message_size(Some(MAX_MESSAGE_BYTES))
+                .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            // Whatever the client sent after its head is the start of the
+            // WebSocket stream.
+            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
+                .await;
+            let (sink, stream) = ws.split();
+            let mut client = Client {
+                sink,
+                stream,
+                request_id: shared.new_session_id(),
+            };
+            run_client(&mut client, upgrade.key, token, &shared).await;
+        }
+    }
+}
+
+/// One connected WebSocket client.
+struct Client {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    /// This connection's id: the session id, and `request_id` in errors.
+    request_id: String,
+}
+
+impl Client {
+    async fn send_text(&mut self, text: String) -> bool {
+        self.sink.send(Message::text(text)).await.is_ok()
+    }
+
+    /// Sends an error frame, then closes (Soniox closes right after an error).
+    async fn fail(&mut self, err: &ApiError) {
+        info!(code = err.code, error_type = %err.error_type, message = %err.message, "error sent to the client");
+        if self.send_text(err.to_json(&self.request_id)).await {
+            self.close().await;
+        }
+    }
+
+    /// Closes with 1000 and waits (bounded) for the client's reply.
+    async fn close(&mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        if self.sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let drain = async { while let Some(Ok(_)) = self.stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
+}
+
+/// What the client sent before its start request ended.
+enum Start {
+    Text(String),
+    /// The client left, or the daemon stops (already answered).
+    Gone,
+}
+
+/// Serves one WebSocket client: start request, auth, admission, relay.
+async fn run_client(
+    client: &mut Client,
+    upgrade_key: Option<ClientKey>,
+    token: Option<String>,
+    shared: &Arc<Shared>,
+) {
+    let timing = shared.timing();
+    // Even a wrong key in the upgrade request is refused only after the
+    // start request, as the real service does: Soniox SDKs send the start
+    // request first and only then read the answer, so they see the 401.
+    let text = match wait_for_start(client, shared, timing.wall(START_TIMEOUT)).await {
+        Start::Text(text) => text,
+        Start::Gone => return,
+    };
+    let start = soniox_wire::fields::parse_object(&text).and_then(|map| {
+        // The key check comes before the option checks: an unauthenticated
+        // client learns nothing about them.
+        let start_key = soniox_wire::fields::api_key(&map)?;
+        if let Some(token) = &token {
+            let presented = upgrade_key
+                .as_ref()
+                .map(|k| k.key.as_str())
+                .or(start_key.as_deref());
+            match presented {
+                None => return Err(ApiError::with_code(401, "Missing API key.")),
+                Some(key) if !key_matches(key, token) => {
+                    return Err(ApiError::with_code(401, "Invalid API key."));
+                }
+                Some(_) => {}
+            }
+        }
+        StartRequest::read(map, &BOUNDS)
+    });
+    let start = match start {
+        Ok(start) => start,
+        Err(err) => {
+            client.fail(&err).await;
+            return;
+        }
+    };
+    let key_source = match (&upgrade_key, &start.api_key) {
+        (Some(key), _) => key.source,
+        (None, Some(_)) => "start_request",
+        (None, None) => "none",
+    };
+    debug!(?start, key_source, "start request");
+    let launch_client = LaunchClient {
+        front: "ws",
+        peer: REMOTE_PEER,
+        per_uid_limit: 0,
+    };
+    let prepared = resolve::session(&session_args(&start), Origin::Client)
+        .map_err(Refusal::Error)
+        .and_then(|request| launch::prepare(shared, launch_client, &request));
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let admitted = match prepared {
+        Ok(prepared) => prepared.admit(&events_tx).await,
+        Err(refusal) => Err(refusal),
+    };
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(Refusal::Error(err)) => {
+            client.fail(&api_error(&err)).await;
+            return;
+        }
+        Err(Refusal::Stopping) => {
+            client
+                .fail(&ApiError::with_code(
+                    503,
+                    "The server is shutting down. Please restart the request.",
+                ))
+                .await;
+            return;
+        }
+    };
+    let progress = admitted.progress();
+    let frame = admitted_frame(&start);
+    let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
+    let running = admitted.spawn(client.request_id.clone(), input_rx, events_tx);
+    let relay = Relay::new(frame, timing.wall(IDLE_TIMEOUT), progress);
+    relay.run(client, running, input_tx, events_rx).await;
+}
+
+/// Bytes in one audio frame of the start request's format (1 for
+/// containers).
+fn admitted_frame(start: &StartRequest) -> usize {
+    let format = crate::audio::AudioFormat::raw(
+        &start.audio_format,
+        start.sample_rate.unwrap_or(1),
+        start.num_channels.unwrap_or(1),
+    );
+    format.bytes_per_frame().unwrap_or(1)
+}
+
+/// Reads up to the start request, answering keepalives (allowed before it,
+/// for pre-opened connections) and timeouts.
+async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -> Start {
+    let mut deadline = Instant::now() + bound;
+    loop {
+        let message = tokio::select! {
+            () = shared.stop.cancelled() => {
+                client.fail(&ApiError::with_code(503, "The server is shutting down. Please restart the request.")).await;
+                return Start::Gone;
+            }
+            () = sleep_until(deadline) => {
+                client.fail(&ApiError::with_code(408, "Start request timeout")).await;
+                return Start::Gone;
+            }
+            message = client.stream.next() => message,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                if is_control(&text, "keepalive") {
+                    deadline = Instant::now() + bound;
+                    continue;
+                }
+                return Start::Text(text.to_string());
+            }
+            Some(Ok(Message::Binary(_))) => {
+                client
+                    .fail(&ApiError::bad_request(
+                        "Start request must be a text message.",
+                    ))
+                    .await;
+                return Start::Gone;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                debug!("the client left before its start request");
+                return Start::Gone;
+            }
+        }
+    }
+}
+
+/// Whether `text` is the control message `{"type": kind}`.
+fn is_control(text: &str, kind: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some(kind))
+}
