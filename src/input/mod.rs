@@ -55,6 +55,9 @@
 //! failure (a malformed WAV from one writer, say) ends the whole input.
 //! `--follow` on stdin or a regular file just reads to EOF.
 
+#[cfg(test)]
+mod test_support;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -719,85 +722,9 @@ mod tests {
     use nix::sys::stat::Mode;
     use tokio::time::timeout;
 
-    /// How long any single wait in these tests may take before it fails.
-    const WAIT: Duration = Duration::from_secs(10);
-
-    /// An event in a form tests can compare.
-    #[derive(Debug, PartialEq)]
-    enum Ev {
-        Format(AudioFormat),
-        Audio(Vec<u8>),
-        WriterClosed,
-        Dropped(usize),
-        /// `Error::kind()` of the failure.
-        Failed(&'static str),
-    }
-
-    fn ev(event: InputEvent) -> Ev {
-        match event {
-            InputEvent::Format(format) => Ev::Format(format),
-            InputEvent::Audio(bytes) => Ev::Audio(bytes.to_vec()),
-            InputEvent::WriterClosed => Ev::WriterClosed,
-            InputEvent::PartialFrameDropped(n) => Ev::Dropped(n),
-            InputEvent::Failed(error) => Ev::Failed(error.kind()),
-        }
-    }
-
-    /// The next event, or `None` at the end; panics after [`WAIT`].
-    async fn next(rx: &mut mpsc::Receiver<InputEvent>) -> Option<Ev> {
-        timeout(WAIT, rx.recv())
-            .await
-            .expect("input event within the time limit")
-            .map(ev)
-    }
-
-    /// All events up to the end of input.
-    async fn collect(mut rx: mpsc::Receiver<InputEvent>) -> Vec<Ev> {
-        let mut events = Vec::new();
-        while let Some(event) = next(&mut rx).await {
-            events.push(event);
-        }
-        events
-    }
-
-    fn options(path: &Path) -> InputOptions {
-        InputOptions::new(Source::Path(path.to_owned()))
-    }
-
-    /// Writes `bytes` to a new file and reads it with `options`.
-    async fn read_file(bytes: &[u8], options: impl FnOnce(&Path) -> InputOptions) -> Vec<Ev> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("input");
-        std::fs::write(&path, bytes).unwrap();
-        collect(spawn(options(&path)).unwrap()).await
-    }
-
-    /// Bytes 0, 1, 2, … wrapping, so misplaced bytes show.
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8).collect()
-    }
-
-    fn audio_lens(events: &[Ev]) -> Vec<usize> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                Ev::Audio(bytes) => Some(bytes.len()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn audio_bytes(events: &[Ev]) -> Vec<u8> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                Ev::Audio(bytes) => Some(bytes.as_slice()),
-                _ => None,
-            })
-            .flatten()
-            .copied()
-            .collect()
-    }
+    use super::test_support::{
+        Ev, WAIT, audio_bytes, audio_lens, collect, ev, next, options, pattern, read_file,
+    };
 
     /// A `fmt ` chunk body of 16 bytes.
     fn fmt_body(tag: u16, channels: u16, rate: u32, bits: u16) -> Vec<u8> {
