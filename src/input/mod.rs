@@ -55,25 +55,19 @@
 //! failure (a malformed WAV from one writer, say) ends the whole input.
 //! `--follow` on stdin or a regular file just reads to EOF.
 
+mod source;
 #[cfg(test)]
 mod test_support;
 mod wav;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::BytesMut;
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::statfs::fstatfs;
-use tokio::io::Interest;
-use tokio::net::unix::pipe;
-use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
+use self::source::{Waiter, Woken};
 use crate::audio::AudioFormat;
 use crate::error::Error;
 
@@ -86,9 +80,6 @@ pub(crate) const DEFAULT_CONTAINER_CHUNK_BYTES: usize = 4096;
 
 /// Default channel bound: 16 chunks, about 1.6 s of raw audio at 100 ms each.
 pub(crate) const DEFAULT_QUEUE_CHUNKS: usize = 16;
-
-/// The name [`Error::InputMissing`] reports when stdin cannot be used.
-const STDIN_NAME: &str = "<stdin>";
 
 /// Scratch size for skipping chunks and trailing bytes that are not audio.
 const SKIP_BUFFER_BYTES: usize = 8192;
@@ -166,7 +157,7 @@ pub(crate) enum InputEvent {
 ///
 /// Never blocks on a FIFO without a writer: the thread waits for it.
 pub(crate) fn spawn(options: InputOptions) -> Result<mpsc::Receiver<InputEvent>, Error> {
-    let (file, fifo) = open(&options.source)?;
+    let (file, fifo) = source::open(&options.source)?;
     start(file, fifo, &options)
 }
 
@@ -189,7 +180,7 @@ fn start(
         chunk_ms: options.chunk_ms,
         container_chunk_bytes: options.container_chunk_bytes.max(1),
         tx,
-        waiter: None,
+        waiter: Waiter::default(),
         reported: None,
     };
     std::thread::Builder::new()
@@ -199,75 +190,6 @@ fn start(
         // is what cannot be read then.
         .map_err(Error::InputRead)?;
     Ok(rx)
-}
-
-/// Opens the source without blocking. Returns the file and, for a FIFO, its
-/// path (to reopen it with --follow).
-fn open(source: &Source) -> Result<(File, Option<PathBuf>), Error> {
-    match source {
-        Source::Stdin => {
-            // A duplicate, so the thread owns its fd and closing it leaves fd
-            // 0 alone. Its O_NONBLOCK flag, if a parent set one, is shared
-            // with other processes and stays as it is: reads wait on EAGAIN.
-            let missing = |source| Error::InputMissing {
-                path: PathBuf::from(STDIN_NAME),
-                source,
-            };
-            let fd = io::stdin().as_fd().try_clone_to_owned().map_err(missing)?;
-            Ok((File::from(fd), None))
-        }
-        Source::Path(path) => open_path(path).map_err(|source| Error::InputMissing {
-            path: path.clone(),
-            source,
-        }),
-    }
-}
-
-/// Opens `path` for reading without waiting for a FIFO writer; see the module
-/// docs. Permissions are checked by this open, so errors surface here.
-fn open_path(path: &Path) -> io::Result<(File, Option<PathBuf>)> {
-    let file = open_nonblocking(path)?;
-    // Decide by the opened fd, not by an earlier stat of the path, so a path
-    // swapped in between cannot fool us.
-    let file_type = file.metadata()?.file_type();
-    if file_type.is_dir() {
-        return Err(Errno::EISDIR.into());
-    }
-    if file_type.is_fifo() && !is_anonymous_pipe(&file)? {
-        // Stays O_NONBLOCK until its first writer: see Reader::segment.
-        return Ok((file, Some(path.to_owned())));
-    }
-    set_blocking(&file)?;
-    Ok((file, None))
-}
-
-/// Whether `file` is an unnamed pipe reached through a path such as
-/// `/dev/stdin` or bash's `<(command)` (`/dev/fd/63`). Such a pipe reports
-/// hang-up as soon as its writers are gone, fresh fd or not, and no new writer
-/// can come: treated as a FIFO, --follow would spin on EOF.
-fn is_anonymous_pipe(file: &File) -> io::Result<bool> {
-    /// `PIPEFS_MAGIC` from linux/magic.h: the filesystem of unnamed pipes.
-    const PIPEFS_MAGIC: i128 = 0x5049_5045;
-    let fs_type = fstatfs(file)?.filesystem_type();
-    Ok(i128::from(fs_type.0) == PIPEFS_MAGIC)
-}
-
-/// `open(path, O_RDONLY|O_NONBLOCK|O_CLOEXEC)`: returns at once even for a
-/// FIFO without a writer.
-fn open_nonblocking(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NONBLOCK.bits())
-        .open(path)
-}
-
-/// Clears `O_NONBLOCK`, so reads block instead of returning EAGAIN.
-fn set_blocking(file: &File) -> io::Result<()> {
-    let flags = OFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFL)?);
-    if flags.contains(OFlag::O_NONBLOCK) {
-        fcntl(file, FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)))?;
-    }
-    Ok(())
 }
 
 /// Why the reader thread stops before the end of input.
@@ -312,9 +234,8 @@ struct Reader {
     container_chunk_bytes: usize,
     /// The channel; dropping it (with the thread) closes the receiver's end.
     tx: mpsc::Sender<InputEvent>,
-    /// A current-thread reactor to wait for readiness, built the first time
-    /// it is needed (FIFO sources, or a non-blocking stdin).
-    waiter: Option<Runtime>,
+    /// Waits for readiness: a FIFO's writer, or data on a non-blocking stdin.
+    waiter: Waiter,
     /// The last format sent, so a follow-up writer repeats it only on change.
     reported: Option<AudioFormat>,
 }
@@ -350,7 +271,7 @@ impl Reader {
             // Readiness = data, or a writer that came and went: only then is
             // a zero-byte read a real EOF.
             self.wait_readable()?;
-            set_blocking(&self.file).map_err(read_failed)?;
+            source::set_blocking(&self.file).map_err(read_failed)?;
             self.awaiting_writer = false;
             tracing::debug!("input FIFO has a writer");
         }
@@ -384,12 +305,7 @@ impl Reader {
         let Some(path) = &self.fifo else {
             return Ok(());
         };
-        let next = open_nonblocking(path).map_err(read_failed)?;
-        let is_fifo = next.metadata().map_err(read_failed)?.file_type().is_fifo();
-        if !is_fifo {
-            let message = format!("{} is no longer a FIFO", path.display());
-            return Err(read_failed(io::Error::other(message)));
-        }
+        let next = source::reopen_fifo(path).map_err(read_failed)?;
         // Invariant: `next` is open before the old fd closes here, so the FIFO
         // always has a reader and no writer meets EPIPE.
         self.file = next;
@@ -534,38 +450,11 @@ impl Reader {
     /// Blocks until `file` is readable or hung up, without spinning, or until
     /// the receiver is dropped (then [`Halt::Closed`]).
     fn wait_readable(&mut self) -> Result<(), Halt> {
-        let runtime = match self.waiter.take() {
-            Some(runtime) => runtime,
-            None => tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .map_err(read_failed)?,
-        };
-        // tokio's pipe receiver is the safe way to wait on an fd we keep
-        // (AsyncFd's safe constructor is deprecated; its replacement is
-        // unsafe), and works on any pollable fd: pipe, FIFO, tty, socket.
-        // It gets a duplicate (same open file description, so the same
-        // readiness); dropping it deregisters and closes only the dup.
-        let watched = self.file.try_clone().map_err(read_failed)?;
-        let tx = &self.tx;
-        let waited = runtime.block_on(async move {
-            let watched = pipe::Receiver::from_file_unchecked(watched).map_err(read_failed)?;
-            loop {
-                tokio::select! {
-                    ready = watched.ready(Interest::READABLE) => {
-                        let ready = ready.map_err(read_failed)?;
-                        // tokio allows an empty, spurious wake-up; reading on
-                        // one could mistake a FIFO without writer for EOF.
-                        if ready.is_readable() || ready.is_read_closed() {
-                            return Ok(());
-                        }
-                    }
-                    () = tx.closed() => return Err(Halt::Closed),
-                }
-            }
-        });
-        self.waiter = Some(runtime);
-        waited
+        let woken = self.waiter.wait(&self.file, &self.tx);
+        match woken.map_err(read_failed)? {
+            Woken::Readable => Ok(()),
+            Woken::ReceiverGone => Err(Halt::Closed),
+        }
     }
 
     /// Sends one event; [`Halt::Closed`] if the receiver is gone.
@@ -591,8 +480,9 @@ impl wav::HeaderSource for Reader {
 mod tests {
     use super::*;
 
+    use std::fs::OpenOptions;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
+    use std::path::Path;
     use std::sync::mpsc as std_mpsc;
     use std::time::{Duration, Instant};
 
@@ -697,50 +587,6 @@ mod tests {
         assert!(audio_lens(&events).iter().all(|&len| len <= 4096));
         assert_eq!(audio_bytes(&events), input);
         assert!(!events.iter().any(|e| matches!(e, Ev::Dropped(_))));
-    }
-
-    #[test]
-    fn missing_path_fails_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nope.raw");
-        match spawn(options(&path)) {
-            Err(Error::InputMissing {
-                path: reported,
-                source,
-            }) => {
-                assert_eq!(reported, path);
-                assert_eq!(source.kind(), io::ErrorKind::NotFound);
-            }
-            other => panic!("expected InputMissing, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn directory_is_input_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let result = spawn(options(dir.path()));
-        assert!(
-            matches!(result, Err(Error::InputMissing { .. })),
-            "{result:?}"
-        );
-    }
-
-    #[test]
-    fn unreadable_file_is_input_missing() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret.raw");
-        std::fs::write(&path, [0; 4]).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-        if File::open(&path).is_ok() {
-            // Running as root (or with CAP_DAC_OVERRIDE): permissions do not apply.
-            return;
-        }
-        let result = spawn(options(&path));
-        assert!(
-            matches!(&result, Err(Error::InputMissing { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied),
-            "{result:?}"
-        );
     }
 
     /// A FIFO in a fresh tempdir (kept alive by the returned guard).
@@ -963,46 +809,6 @@ mod tests {
             assert!(Instant::now() < deadline, "the reader still holds the FIFO");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    #[tokio::test]
-    async fn nonblocking_stream_waits_instead_of_failing() {
-        // As when a parent left stdin O_NONBLOCK: reads return EAGAIN.
-        let (reader, mut writer) = io::pipe().unwrap();
-        let file = File::from(std::os::fd::OwnedFd::from(reader));
-        let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL).unwrap());
-        fcntl(&file, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
-        let rx = start(file, None, &InputOptions::new(Source::Stdin)).unwrap();
-
-        let input = pattern(4000);
-        let to_write = input.clone();
-        std::thread::spawn(move || writer.write_all(&to_write));
-        let events = collect(rx).await;
-        assert_eq!(events[0], Ev::Format(AudioFormat::default_pcm()));
-        assert_eq!(audio_lens(&events), [3200, 800]);
-        assert_eq!(audio_bytes(&events), input);
-    }
-
-    #[tokio::test]
-    async fn follow_on_an_unnamed_pipe_path_reads_to_eof() {
-        // `sttpipe --follow /dev/fd/63` from bash's `<(command)`: the writer's
-        // EOF ends the input instead of a loop of WriterClosed.
-        let (reader, mut writer) = io::pipe().unwrap();
-        let path = PathBuf::from(format!("/proc/self/fd/{}", reader.as_fd().as_raw_fd()));
-        let rx = spawn(InputOptions {
-            follow: true,
-            ..options(&path)
-        })
-        .unwrap();
-        drop(reader);
-        let input = pattern(3200);
-        writer.write_all(&input).unwrap();
-        drop(writer);
-        let events = collect(rx).await;
-        assert_eq!(
-            events,
-            [Ev::Format(AudioFormat::default_pcm()), Ev::Audio(input)]
-        );
     }
 
     #[tokio::test]
