@@ -57,7 +57,7 @@ fn open_path(path: &Path) -> io::Result<(File, Option<PathBuf>)> {
         return Err(Errno::EISDIR.into());
     }
     if file_type.is_fifo() && !is_anonymous_pipe(&file)? {
-        // Stays O_NONBLOCK until its first writer: see Reader::segment.
+        // Stays O_NONBLOCK until its first writer: see reader::Reader::segment.
         return Ok((file, Some(path.to_owned())));
     }
     set_blocking(&file)?;
