@@ -19,6 +19,9 @@ use tokio::net::UnixStream;
 use crate::daemon::{Daemon, raw_session};
 use crate::util::{self, KEY};
 
+// The WebSocket endpoint's findings.
+mod ws;
+
 /// The bound on anything a test waits for here.
 const BOUND: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,1 @@
+//! The findings on the Soniox-compatible WebSocket endpoint.
