@@ -8,6 +8,7 @@
 //! whole.
 
 use crate::audio::AudioFormat;
+use crate::config::resolve::{MAX_CHANNELS, MAX_RATE};
 
 /// The bytes [`is_magic`] looks at: `RIFF`, a size, `WAVE`.
 pub(super) const MAGIC_BYTES: usize = 12;
@@ -151,9 +152,11 @@ fn parse_fmt(body: &[u8]) -> Result<AudioFormat, String> {
             ));
         }
     };
-    if channels == 0 || rate == 0 {
+    // The same ranges as --rate and --channels: a header is input too.
+    if !(1..=MAX_CHANNELS).contains(&channels) || !(1..=MAX_RATE).contains(&rate) {
         return Err(format!(
-            "the WAV header declares {channels} channels at {rate} Hz"
+            "the WAV header declares {channels} channels at {rate} Hz \
+             (sttpipe takes 1 to {MAX_CHANNELS} channels at 1 to {MAX_RATE} Hz)"
         ));
     }
     let format = AudioFormat::raw(name, rate, channels);
@@ -188,7 +191,7 @@ pub(super) mod fixtures {
         body.extend(tag.to_le_bytes());
         body.extend(channels.to_le_bytes());
         body.extend(rate.to_le_bytes());
-        body.extend((rate * u32::from(align)).to_le_bytes());
+        body.extend(rate.wrapping_mul(u32::from(align)).to_le_bytes());
         body.extend(align.to_le_bytes());
         body.extend(bits.to_le_bytes());
         body
@@ -431,6 +434,20 @@ mod tests {
             (
                 "short fmt",
                 riff(&[chunk(b"fmt ", &[1, 0, 1, 0]), chunk(b"data", &[0; 4])]),
+            ),
+            (
+                "a rate past --rate's range",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(1, 1, u32::MAX, 16)),
+                    chunk(b"data", &[0; 4]),
+                ]),
+            ),
+            (
+                "more channels than --channels takes",
+                riff(&[
+                    chunk(b"fmt ", &fmt_body(1, 33, 16000, 16)),
+                    chunk(b"data", &[0; 4]),
+                ]),
             ),
             (
                 "LIST past the end",

@@ -375,6 +375,30 @@ async fn row13_a_context_over_sonioxs_limit_is_refused_before_connecting() {
     assert_eq!(emulator.counts().connected, 0, "nothing went to Soniox");
 }
 
+/// Row 14 (low): WAV header values bypassed the `--rate`/`--channels`
+/// ranges (4294967295 Hz, 32767 channels were sent upstream).
+#[tokio::test]
+async fn row14_wav_header_values_are_held_to_the_flags_ranges() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    for (rate, channels) in [(u32::MAX, 1u16), (16_000, 32_767)] {
+        let mut wav = util::wav(&[0; 6400], 16_000, 1);
+        // Rewrite the fmt chunk's channel count, rate and block align.
+        wav[22..24].copy_from_slice(&channels.to_le_bytes());
+        wav[24..28].copy_from_slice(&rate.to_le_bytes());
+        wav[32..34].copy_from_slice(&channels.wrapping_mul(2).to_le_bytes());
+        let command = util::sttpipe(Some(&emulator.url()), Some(KEY));
+        let output = util::run(command, wav).await;
+        assert_eq!(
+            output.code(),
+            Some(65),
+            "{rate} Hz, {channels} ch: {}",
+            output.stderr
+        );
+        assert_eq!(the_error(&output.events())["code"], "bad_audio");
+    }
+    assert_eq!(emulator.counts().connected, 0, "nothing went upstream");
+}
+
 /// Row 15 (low): a client cut short by the daemon's own SIGTERM exited 0
 /// with a partial transcript.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
