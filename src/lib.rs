@@ -94,3 +94,7 @@ mod timer;
 mod wer;
 
 pub use entry::run;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -66,7 +66,7 @@ mod reader;
 mod source;
 #[cfg(test)]
 mod test_support;
-mod wav;
+pub(crate) mod wav;
 
 use std::fs::File;
 use std::path::PathBuf;

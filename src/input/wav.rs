@@ -118,7 +118,7 @@ pub(super) fn read_header<S: HeaderSource>(
 
 /// The stream format a WAV `fmt ` chunk body describes, or why it cannot be
 /// streamed.
-fn parse_fmt(body: &[u8]) -> Result<AudioFormat, String> {
+pub(crate) fn parse_fmt(body: &[u8]) -> Result<AudioFormat, String> {
     const SHORT: &str = "the WAV fmt chunk is too short";
     let tag = le_u16(body, 0).ok_or(SHORT)?;
     let channels = le_u16(body, 2).ok_or(SHORT)?;

@@ -1,0 +1,20 @@
+//! Entry points for the fuzz targets in `crates/fuzz` (the `fuzzing`
+//! feature only): the parsers that take untrusted bytes, driven as the
+//! daemon and the filter drive them. A panic anywhere below is a finding.
+//! Nothing here reads files or opens connections: a client's options are
+//! resolved as a client's ([`Origin::Client`]).
+
+use crate::config::resolve::{self, Origin};
+use crate::protocol::{self, Request};
+
+/// A socket client's header line, as the daemon reads and resolves it.
+pub fn socket_header(line: &[u8]) {
+    if let Ok(Request::Session { args, .. }) = protocol::parse_header(line) {
+        let _ = resolve::session(&args, Origin::Client);
+    }
+}
+
+/// A WAV `fmt ` chunk's body, as the input reader parses it.
+pub fn wav_fmt(body: &[u8]) {
+    let _ = crate::input::wav::parse_fmt(body);
+}
