@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench filter` (60 s of audio); `BENCH_SECONDS=N` for another
 //! length. Prints figures; asserts only that every word came back. The relay
-//! benchmark (`benches/relay.rs`) shows the same figures in its table.
+//! benchmark (`benches/relay/`) shows the same figures in its table.
 
 mod common;
 
