@@ -9,9 +9,15 @@
 //! asserts nothing about speed. `--relays unix,ws,reference,direct` picks
 //! relays; `--n N` measures only N sessions (no search).
 //!
+//! `STTPIPE_BENCH_BIN=/path/to/sttpipe` measures that binary instead of the
+//! one built with the bench (the daemon and the filter alone), so that an
+//! older build gives before and after figures from the same bench and the
+//! same method; the output's first lines name it.
+//!
 //! # The relays
 //!
-//! * **unix socket**: `sttpipe serve` (the release build), each client
+//! * **unix socket**: `sttpipe serve` (the release build, or
+//!   `STTPIPE_BENCH_BIN`), each client
 //!   speaking the daemon's socket protocol (a JSON header line, raw audio,
 //!   half-close; NDJSON events back);
 //! * **ws endpoint**: the same daemon with `--ws-listen 127.0.0.1:0`, each
@@ -138,8 +144,14 @@ fn main() {
     let plan = Plan::from_args(&args);
     let fd_limit = raise_nofile();
     let env_quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let bin = common::sttpipe_bin();
+    assert!(bin.is_file(), "no sttpipe binary at {}", bin.display());
+    let bin_env = std::env::var_os(common::BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|_| format!("{}={} ", common::BIN_ENV, bin.display()));
     println!(
-        "reproduce: {}cargo bench --bench relay{}",
+        "reproduce: {}{}cargo bench --bench relay{}",
+        bin_env.unwrap_or_default(),
         if env_quick { "BENCH_QUICK=1 " } else { "" },
         if args.is_empty() {
             String::new()
@@ -147,6 +159,7 @@ fn main() {
             format!(" -- {}", args.join(" "))
         }
     );
+    println!("sttpipe measured: {}", bin.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::{KEY, REFERENCE_WEBSOCKETS, Relay, START_BOUND};
+use crate::{KEY, REFERENCE_WEBSOCKETS, Relay, START_BOUND, common};
 
 /// Starts `relay` in front of the emulator at `upstream`, for `n` sessions;
 /// `reference` is the reference proxy's python and script.
@@ -100,7 +100,7 @@ pub(crate) async fn start_daemon(
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("s.sock");
     let (log, out, err) = log_file(dir.path());
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sttpipe"));
+    let mut command = tokio::process::Command::new(common::sttpipe_bin());
     command
         .arg("serve")
         .arg("--socket")
