@@ -6,8 +6,9 @@
 //! `cargo bench --bench relay -- --quick` (or `BENCH_QUICK=1`) runs 20
 //! sessions of 3 s through each relay in about 30 s, skips the search for the
 //! largest N, and fails only if a run did not complete or lost a word: it
-//! asserts nothing about speed. `--relays unix,ws,reference,direct` picks
-//! relays; `--n N` measures only N sessions (no search).
+//! asserts nothing about speed. `--relays unix,ws,reference,floor,direct`
+//! picks relays (all five by default); `--n N` measures only N sessions (no
+//! search).
 //!
 //! `STTPIPE_BENCH_BIN=/path/to/sttpipe` measures that binary instead of the
 //! one built with the bench (the daemon and the filter alone), so that an
@@ -17,15 +18,20 @@
 //! # The relays
 //!
 //! * **unix socket**: `sttpipe serve` (the release build, or
-//!   `STTPIPE_BENCH_BIN`), each client
-//!   speaking the daemon's socket protocol (a JSON header line, raw audio,
-//!   half-close; NDJSON events back);
+//!   `STTPIPE_BENCH_BIN`), each client speaking the daemon's socket protocol
+//!   (a JSON header line, raw audio, half-close; NDJSON events back);
 //! * **ws endpoint**: the same daemon with `--ws-listen 127.0.0.1:0`, each
 //!   client speaking the Soniox protocol to `/transcribe-websocket`;
 //! * **reference proxy**: `../shared/reference/python_proxy.py`, the plain
 //!   Python `websockets` relay of Soniox's "proxy stream" guide, with
 //!   `websockets==15.0.1` in a venv at `target/bench-venv` (installed by the
 //!   bench when missing, with `python3 -m venv` and pip);
+//! * **floor forwarder**: the physical floor, a bare tokio-tungstenite frame
+//!   forwarder with no session core (`floor.rs`): per client one WebSocket
+//!   to the emulator, every frame forwarded both ways as it comes. The
+//!   bench binary itself, re-executed to run only that; the clients are the
+//!   ws endpoint's. sttpipe's CPU is shown as a ratio to it: what the
+//!   session core costs above the least a relay on this stack can do;
 //! * **direct (no relay)**: the clients talk to the emulator itself. Not a
 //!   relay: its "added latency" is the floor of the method (the load
 //!   generator's and the emulator's own scheduling on a shared machine).
@@ -74,7 +80,8 @@
 //!   reference proxy steps 50, 100, 200, 500, 1000, 2000, each search
 //!   stopping at its first failure (`≥ N` when every step passed); the
 //!   Unix socket is also measured at the top step, 5000, whatever happened
-//!   below it, for its words lost there;
+//!   below it, for its words lost there; the floor forwarder is measured at
+//!   every N the daemon was, for the ratio, without a search of its own;
 //! * time to first forwarded audio for a new session on the Unix socket,
 //!   `--warm-pool 0` and `--warm-pool 2`: from a client's connect (header and
 //!   a 500 ms audio clip sent at once) to the emulator's first audio frame,
@@ -86,7 +93,7 @@
 //! # The files
 //!
 //! `main.rs` the options, the run plan and the whole run; `relays.rs` each
-//! relay's process; `load.rs` the load generator's clients, one per
+//! relay's process; `floor.rs` the floor forwarder; `load.rs` the load generator's clients, one per
 //! protocol; `measure.rs` one measurement (the emulator's traces, the steady
 //! phase's `/proc` samples, matching latencies); `first_audio.rs` time to
 //! first forwarded audio; `report.rs` the table and its notes.
@@ -94,13 +101,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod first_audio;
+mod floor;
 mod load;
 mod measure;
 mod relays;
 mod report;
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +144,15 @@ const FD_MARGIN: u64 = 200;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn main() {
+    // The floor forwarder's process: nothing else of the bench runs in it.
+    if let Some(upstream) = std::env::var_os(floor::UPSTREAM_ENV) {
+        let upstream = upstream.into_string().expect("a UTF-8 upstream URL");
+        if let Err(e) = floor::serve(upstream) {
+            eprintln!("floor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         // cargo passes `--bench` to every harness-less bench.
@@ -193,11 +210,18 @@ enum Relay {
     Unix,
     Ws,
     Reference,
+    Floor,
     Direct,
 }
 
 impl Relay {
-    const ALL: [Relay; 4] = [Relay::Unix, Relay::Ws, Relay::Reference, Relay::Direct];
+    const ALL: [Relay; 5] = [
+        Relay::Unix,
+        Relay::Ws,
+        Relay::Reference,
+        Relay::Floor,
+        Relay::Direct,
+    ];
 
     /// The column header.
     fn title(self) -> &'static str {
@@ -205,6 +229,7 @@ impl Relay {
             Relay::Unix => "unix socket",
             Relay::Ws => "ws endpoint",
             Relay::Reference => "reference proxy",
+            Relay::Floor => "floor forwarder",
             Relay::Direct => "direct (no relay)",
         }
     }
@@ -215,6 +240,7 @@ impl Relay {
             Relay::Unix => "unix",
             Relay::Ws => "ws",
             Relay::Reference => "reference",
+            Relay::Floor => "floor",
             Relay::Direct => "direct",
         }
     }
@@ -384,7 +410,7 @@ async fn run(plan: Plan, fd_limit: u64) -> Result<(), String> {
         let steps = match relay {
             Relay::Unix | Relay::Ws => &plan.daemon_steps,
             Relay::Reference => &plan.reference_steps,
-            Relay::Direct => continue,
+            Relay::Floor | Relay::Direct => continue,
         };
         if steps.is_empty() {
             continue;
@@ -419,6 +445,19 @@ async fn run(plan: Plan, fd_limit: u64) -> Result<(), String> {
         && let Entry::Vacant(slot) = results.entry((Relay::Unix, top))
     {
         slot.insert(ctx.measure(Relay::Unix, top).await);
+    }
+    // The floor wherever the daemon was measured: the ratio at each N.
+    if relays.contains(&Relay::Floor) {
+        let daemon_ns: BTreeSet<usize> = results
+            .keys()
+            .filter(|(r, _)| matches!(r, Relay::Unix | Relay::Ws))
+            .map(|(_, n)| *n)
+            .collect();
+        for n in daemon_ns {
+            if let Entry::Vacant(slot) = results.entry((Relay::Floor, n)) {
+                slot.insert(ctx.measure(Relay::Floor, n).await);
+            }
+        }
     }
     if relays.contains(&Relay::Direct) {
         for &n in &plan.direct_ns {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::{KEY, REFERENCE_WEBSOCKETS, Relay, START_BOUND, common};
+use crate::{KEY, REFERENCE_WEBSOCKETS, Relay, START_BOUND, common, floor};
 
 /// Starts `relay` in front of the emulator at `upstream`, for `n` sessions;
 /// `reference` is the reference proxy's python and script.
@@ -25,6 +25,7 @@ pub(crate) async fn start(
             let (python, script) = reference.ok_or("no reference proxy")?;
             start_reference(python, script, upstream).await
         }
+        Relay::Floor => start_floor(upstream).await,
         Relay::Direct => Ok(RelayProcess {
             child: None,
             target: Target::Ws(upstream.to_owned()),
@@ -59,6 +60,25 @@ impl RelayProcess {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The TCP port the relay listens on, once it does (by `deadline`);
+    /// `what` names it in errors.
+    async fn tcp_port(&mut self, deadline: Instant, what: &str) -> Result<u16, String> {
+        let pid = self.pid().ok_or_else(|| format!("{what} has no pid"))?;
+        loop {
+            if let Some(port) = listening_port(pid) {
+                return Ok(port);
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{what} did not listen on TCP:\n{}",
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Fails if the relay has exited.
@@ -142,23 +162,38 @@ pub(crate) async fn start_daemon(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if ws {
-        let pid = daemon.pid().ok_or("the daemon has no pid")?;
-        let port = loop {
-            if let Some(port) = listening_port(pid) {
-                break port;
-            }
-            daemon.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the daemon did not listen on TCP:\n{}",
-                    daemon.log_tail()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let port = daemon.tcp_port(deadline, "the daemon").await?;
         daemon.target = Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket"));
     }
     Ok(daemon)
+}
+
+/// Starts the floor forwarder ([`crate::floor`]) against `upstream`: this
+/// bench binary again, in a process of its own; returns once it listens.
+async fn start_floor(upstream: &str) -> Result<RelayProcess, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, out, err) = log_file(dir.path());
+    let exe = std::env::current_exe().map_err(|e| format!("the bench's own binary: {e}"))?;
+    let child = tokio::process::Command::new(exe)
+        .env(floor::UPSTREAM_ENV, upstream)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start the floor forwarder: {e}"))?;
+    let mut floor = RelayProcess {
+        child: Some(child),
+        target: Target::Ws(String::new()),
+        log,
+        _dir: dir,
+    };
+    let port = floor
+        .tcp_port(Instant::now() + START_BOUND, "the floor forwarder")
+        .await?;
+    // It forwards whatever the path; the clients' is the Soniox one.
+    floor.target = Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket"));
+    Ok(floor)
 }
 
 /// The port of the TCP socket process `pid` listens on, from its file

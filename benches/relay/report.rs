@@ -154,6 +154,25 @@ impl Ctx {
                     ),
                 );
             }
+            if let Some(floor) = results
+                .get(&(Relay::Floor, n))
+                .and_then(RunResult::cpu_per_audio_hour)
+                .filter(|&cpu| cpu > 0.0)
+            {
+                // sttpipe's own cost above the least a relay can do.
+                table.cells(
+                    "  this relay's CPU ÷ the floor forwarder's",
+                    per(
+                        &|r| match r.cpu_per_audio_hour() {
+                            Some(cpu) if matches!(r.relay, Relay::Unix | Relay::Ws) => {
+                                format!("{:.1}×", cpu / floor)
+                            }
+                            _ => "—".to_owned(),
+                        },
+                        n,
+                    ),
+                );
+            }
             table.cells(
                 "relay CPU, % of a core",
                 per(&|r| fmt_opt(r.relay_cpu_percent(), 1), n),
