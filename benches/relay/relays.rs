@@ -62,23 +62,56 @@ impl RelayProcess {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// The TCP port the relay listens on, once it does (by `deadline`);
-    /// `what` names it in errors.
-    async fn tcp_port(&mut self, deadline: Instant, what: &str) -> Result<u16, String> {
-        let pid = self.pid().ok_or_else(|| format!("{what} has no pid"))?;
+    /// Spawns `command` as the relay `what` serving `target`, its output to
+    /// a log in `dir`, which lives as long as the relay.
+    fn spawn(
+        mut command: tokio::process::Command,
+        dir: tempfile::TempDir,
+        target: Target,
+        what: &str,
+    ) -> Result<RelayProcess, String> {
+        let log = dir.path().join("relay.log");
+        let file = std::fs::File::create(&log).expect("create the relay's log");
+        let err = file.try_clone().expect("clone the log's handle");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("start {what}: {e}"))?;
+        Ok(RelayProcess {
+            child: Some(child),
+            target,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Polls `ready` until it gives a value, for at most [`START_BOUND`],
+    /// failing at once if the relay exits; `what` names it in errors.
+    async fn wait_ready<T>(
+        &mut self,
+        what: &str,
+        mut ready: impl AsyncFnMut() -> Option<T>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + START_BOUND;
         loop {
-            if let Some(port) = listening_port(pid) {
-                return Ok(port);
+            if let Some(value) = ready().await {
+                return Ok(value);
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{what} did not listen on TCP:\n{}",
-                    self.log_tail()
-                ));
+                return Err(format!("{what} did not listen:\n{}", self.log_tail()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The TCP port the relay listens on, once it does.
+    async fn tcp_port(&mut self, what: &str) -> Result<u16, String> {
+        let pid = self.pid().ok_or_else(|| format!("{what} has no pid"))?;
+        self.wait_ready(what, async || listening_port(pid)).await
     }
 
     /// Fails if the relay has exited.
@@ -99,14 +132,6 @@ impl RelayProcess {
     }
 }
 
-/// A log file for a relay's stdout and stderr.
-fn log_file(dir: &Path) -> (PathBuf, Stdio, Stdio) {
-    let path = dir.join("relay.log");
-    let file = std::fs::File::create(&path).expect("create the relay's log");
-    let err = file.try_clone().expect("clone the log's handle");
-    (path, Stdio::from(file), Stdio::from(err))
-}
-
 /// Starts `sttpipe serve` against `upstream`, for `max_upstream` sessions
 /// with a warm pool of `pool`, serving the WebSocket endpoint if `ws`;
 /// returns once it accepts on the socket (and, with `ws`, listens on TCP).
@@ -119,7 +144,6 @@ pub(crate) async fn start_daemon(
 ) -> Result<RelayProcess, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("s.sock");
-    let (log, out, err) = log_file(dir.path());
     let mut command = tokio::process::Command::new(common::sttpipe_bin());
     command
         .arg("serve")
@@ -138,31 +162,18 @@ pub(crate) async fn start_daemon(
     for var in ["RUST_LOG", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM"] {
         command.env_remove(var);
     }
-    let child = command
+    command
         .env("SONIOX_WS_URL", upstream)
-        .env("SONIOX_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("start the daemon: {e}"))?;
-    let mut daemon = RelayProcess {
-        child: Some(child),
-        target: Target::Unix(socket.clone()),
-        log,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + START_BOUND;
-    while UnixStream::connect(&socket).await.is_err() {
-        daemon.check_alive()?;
-        if Instant::now() > deadline {
-            return Err(format!("the daemon did not listen:\n{}", daemon.log_tail()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .env("SONIOX_API_KEY", KEY);
+    let target = Target::Unix(socket.clone());
+    let mut daemon = RelayProcess::spawn(command, dir, target, "the daemon")?;
+    daemon
+        .wait_ready("the daemon", async || {
+            UnixStream::connect(&socket).await.ok().map(drop)
+        })
+        .await?;
     if ws {
-        let port = daemon.tcp_port(deadline, "the daemon").await?;
+        let port = daemon.tcp_port("the daemon's WebSocket endpoint").await?;
         daemon.target = Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket"));
     }
     Ok(daemon)
@@ -171,26 +182,13 @@ pub(crate) async fn start_daemon(
 /// Starts the floor forwarder ([`crate::floor`]) against `upstream`: this
 /// bench binary again, in a process of its own; returns once it listens.
 async fn start_floor(upstream: &str) -> Result<RelayProcess, String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (log, out, err) = log_file(dir.path());
     let exe = std::env::current_exe().map_err(|e| format!("the bench's own binary: {e}"))?;
-    let child = tokio::process::Command::new(exe)
-        .env(floor::UPSTREAM_ENV, upstream)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("start the floor forwarder: {e}"))?;
-    let mut floor = RelayProcess {
-        child: Some(child),
-        target: Target::Ws(String::new()),
-        log,
-        _dir: dir,
-    };
-    let port = floor
-        .tcp_port(Instant::now() + START_BOUND, "the floor forwarder")
-        .await?;
+    let mut command = tokio::process::Command::new(exe);
+    command.env(floor::UPSTREAM_ENV, upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let what = "the floor forwarder";
+    let mut floor = RelayProcess::spawn(command, dir, Target::Ws(String::new()), what)?;
+    let port = floor.tcp_port(what).await?;
     // It forwards whatever the path; the clients' is the Soniox one.
     floor.target = Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket"));
     Ok(floor)
@@ -233,41 +231,26 @@ async fn start_reference(
     script: &Path,
     upstream: &str,
 ) -> Result<RelayProcess, String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (log, out, err) = log_file(dir.path());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("pick a free port: {e}"))?
         .port();
-    let child = tokio::process::Command::new(python)
+    let mut command = tokio::process::Command::new(python);
+    command
         .arg(script)
         .env("SONIOX_WS_URL", upstream)
         .env("SONIOX_API_KEY", KEY)
         .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("start the reference proxy: {e}"))?;
-    let mut proxy = RelayProcess {
-        child: Some(child),
-        target: Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket")),
-        log,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + START_BOUND;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        proxy.check_alive()?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the reference proxy did not listen:\n{}",
-                proxy.log_tail()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .env("PORT", port.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = Target::Ws(format!("ws://127.0.0.1:{port}/transcribe-websocket"));
+    let what = "the reference proxy";
+    let mut proxy = RelayProcess::spawn(command, dir, target, what)?;
+    proxy
+        .wait_ready(what, async || {
+            TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+        })
+        .await?;
     Ok(proxy)
 }
 
