@@ -3,8 +3,10 @@
 //! in-process emulator on loopback.
 //!
 //! `cargo bench --bench filter` (60 s of audio); `BENCH_SECONDS=N` for another
-//! length. Prints figures; asserts only that every word came back. The relay
-//! benchmark (`benches/relay.rs`) shows the same figures in its table.
+//! length; `STTPIPE_BENCH_BIN=PATH` to measure another sttpipe binary than
+//! the one built with the bench. Prints figures; asserts only that every
+//! word came back. The relay benchmark (`benches/relay/`) shows the same
+//! figures in its table.
 
 mod common;
 

@@ -48,6 +48,13 @@ async fn emulator() -> Emulator {
     emulator_with(EmulatorConfig::default()).await
 }
 
+/// The emulator's defaults and the daemon against it with no extra flags.
+async fn served() -> (Emulator, Daemon) {
+    let emu = emulator().await;
+    let daemon = daemon(&emu, &[]).await;
+    (emu, daemon)
+}
+
 async fn emulator_with(config: EmulatorConfig) -> Emulator {
     util::emulator(EmulatorConfig {
         time_scale: PACE,
@@ -193,6 +200,16 @@ async fn read_to_close(ws: &mut Ws, received: &mut Received) {
     while next_frame(ws, received).await.is_some() {}
 }
 
+/// Sends `messages` on `ws`, then reads until the daemon closes.
+async fn answer(mut ws: Ws, messages: &[Message]) -> Received {
+    for message in messages {
+        ws.send(message.clone()).await.unwrap();
+    }
+    let mut received = Received::default();
+    read_to_close(&mut ws, &mut received).await;
+    received
+}
+
 /// Checks the Soniox response invariants: progress non-decreasing with
 /// final ≤ total, one `finished` frame last, then close 1000.
 fn assert_well_formed(received: &Received) {
@@ -281,8 +298,7 @@ async fn wait_for_sessions(daemon: &Daemon, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_whole_session_through_the_daemon() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (emu, daemon) = served().await;
     let (words, audio) = speech(10_000);
     let mut ws = connect(
         &daemon.url("/transcribe-websocket"),
@@ -335,8 +351,7 @@ async fn a_whole_session_through_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_clients_key_goes_nowhere_however_it_is_sent() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (emu, daemon) = served().await;
     let (words, audio) = speech(2000);
     let mut start = start_request();
     start["api_key"] = json!("key-in-the-start-request");
@@ -437,8 +452,7 @@ async fn http_get(port: u16, path: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_and_the_paths() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (_emu, daemon) = served().await;
     let (status, head, body) = http_get(daemon.port, "/").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
@@ -472,8 +486,7 @@ async fn the_page_and_the_paths() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finalize_brings_fin() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (emu, daemon) = served().await;
     let (words, audio) = speech(3000);
     let mut ws = started(&daemon.url("/")).await;
     for chunk in audio.chunks(CHUNK) {
@@ -556,60 +569,40 @@ async fn service_errors_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn protocol_errors_get_sonioxs_answers() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (_emu, daemon) = served().await;
     let url = daemon.url("/");
 
-    let mut ws = connect(&url, Auth::None).await.unwrap();
-    ws.send(Message::binary(vec![0u8; 320])).await.unwrap();
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
-    assert_error(
-        &received,
-        400,
-        "invalid_request",
-        "Start request must be a text message.",
-    );
+    // A start request that is not text, not JSON, or names no audio format.
+    for (first, message) in [
+        (
+            Message::binary(vec![0u8; 320]),
+            "Start request must be a text message.",
+        ),
+        (Message::text("{not json"), "Start request is malformed."),
+        (
+            Message::text(json!({"model": "stt-rt-v5"}).to_string()),
+            "Missing audio format. Specify a valid audio format (e.g. s16le, f32le, wav, ogg, flac...) or \"auto\" for auto format detection.",
+        ),
+    ] {
+        let received = answer(connect(&url, Auth::None).await.unwrap(), &[first]).await;
+        assert_error(&received, 400, "invalid_request", message);
+    }
 
-    let mut ws = connect(&url, Auth::None).await.unwrap();
-    ws.send(Message::text("{not json")).await.unwrap();
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
-    assert_error(
-        &received,
-        400,
-        "invalid_request",
-        "Start request is malformed.",
-    );
-
-    let mut ws = connect(&url, Auth::None).await.unwrap();
-    ws.send(Message::text(json!({"model": "stt-rt-v5"}).to_string()))
-        .await
-        .unwrap();
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
-    assert_error(
-        &received,
-        400,
-        "invalid_request",
-        "Missing audio format. Specify a valid audio format (e.g. s16le, f32le, wav, ogg, flac...) or \"auto\" for auto format detection.",
-    );
-
-    let mut ws = started(&url).await;
-    ws.send(Message::binary(vec![0u8; CHUNK])).await.unwrap();
-    ws.send(Message::text(r#"{"type":"pause"}"#)).await.unwrap();
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
+    let received = answer(
+        started(&url).await,
+        &[
+            Message::binary(vec![0u8; CHUNK]),
+            Message::text(r#"{"type":"pause"}"#),
+        ],
+    )
+    .await;
     assert_eq!(
         received.last()["error_message"],
         "Control request invalid type.",
         "{received:?}"
     );
 
-    let mut ws = started(&url).await;
-    ws.send(Message::text("finalize")).await.unwrap();
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
+    let received = answer(started(&url).await, &[Message::text("finalize")]).await;
     assert_eq!(
         received.last()["error_message"],
         "Control request is malformed.",
@@ -632,8 +625,7 @@ async fn protocol_errors_get_sonioxs_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_vanishes_releases_its_session() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (emu, daemon) = served().await;
     let (_, audio) = speech(60_000);
     let mut ws = started(&daemon.url("/")).await;
     // Stream until the upstream session has audio, then drop the TCP
@@ -669,8 +661,7 @@ async fn a_burst_is_held_back_not_timed_out() {
     // 40 s of audio at once: the session core reads it at real-time pace,
     // so the client is held back far longer than the 20 s (2.5 s here)
     // Soniox allows a silent client. Held back is not silent.
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
+    let (_emu, daemon) = served().await;
     let (words, audio) = speech(40_000);
     let received = session(&daemon.url("/"), Auth::None, &start_request(), &audio).await;
     assert_well_formed(&received);
@@ -679,13 +670,13 @@ async fn a_burst_is_held_back_not_timed_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_client_times_out() {
-    let emu = emulator().await;
-    let daemon = daemon(&emu, &[]).await;
-    let mut ws = started(&daemon.url("/")).await;
-    ws.send(Message::binary(vec![0u8; CHUNK])).await.unwrap();
-    // Then nothing: no audio, no keepalive.
-    let mut received = Received::default();
-    read_to_close(&mut ws, &mut received).await;
+    let (emu, daemon) = served().await;
+    // One chunk, then nothing: no audio, no keepalive.
+    let received = answer(
+        started(&daemon.url("/")).await,
+        &[Message::binary(vec![0u8; CHUNK])],
+    )
+    .await;
     assert_error(&received, 408, "request_timeout", "Request timeout.");
     wait_for_sessions(&daemon, 0).await;
     tokio::time::timeout(WAIT, emu.wait_until(|c| c.open == 0))

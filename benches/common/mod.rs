@@ -1,11 +1,12 @@
-//! Helpers shared by the benchmarks: percentiles, a process's CPU time and
-//! memory from `/proc`, and the filter's own cost for one real-time stream.
+//! Helpers shared by the benchmarks: the sttpipe binary they measure,
+//! percentiles, a process's CPU time and memory from `/proc`, and the
+//! filter's own cost for one real-time stream.
 //!
 //! Each bench includes this module with `mod common;` and uses a part of it.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use soniox_emulator::marker;
@@ -13,6 +14,19 @@ use soniox_emulator::{Emulator, EmulatorConfig};
 
 /// Where GNU time lives (Debian package `time`).
 const GNU_TIME: &str = "/usr/bin/time";
+
+/// Names another sttpipe binary to measure than the one built with the
+/// bench (an older build, for before and after figures).
+pub(crate) const BIN_ENV: &str = "STTPIPE_BENCH_BIN";
+
+/// The sttpipe binary the benches run: [`BIN_ENV`] if set and not empty,
+/// else the one cargo built with the bench.
+pub(crate) fn sttpipe_bin() -> PathBuf {
+    match std::env::var_os(BIN_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_sttpipe")),
+    }
+}
 
 /// The value at fraction `p` (0 to 1) of `sorted`, nearest rank; `None` if
 /// it is empty.
@@ -161,7 +175,7 @@ impl FilterFigures {
     }
 }
 
-/// Runs the release `sttpipe` filter on `seconds` of marker audio (a word
+/// Runs the `sttpipe` filter ([`sttpipe_bin`]) on `seconds` of marker audio (a word
 /// every 500 ms) against an in-process emulator on loopback, under GNU time,
 /// which gives its CPU time and peak RSS (from `wait4`, so nothing is
 /// missed at the end). The filter paces the file to real time itself.
@@ -186,7 +200,7 @@ pub(crate) async fn measure_filter(seconds: u64) -> Result<FilterFigures, String
         .arg("%M %e %U %S")
         .arg("-o")
         .arg(&times)
-        .arg(env!("CARGO_BIN_EXE_sttpipe"))
+        .arg(sttpipe_bin())
         .arg("--input")
         .arg(&input)
         .env("SONIOX_WS_URL", emulator.url())
