@@ -46,13 +46,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::SessionConfig;
-use crate::engine::{Engine, EngineLink, SessionEngines};
+use crate::engine::{Engine, SessionEngines};
 use crate::error::{Error, Result};
 use crate::event::{Event, Token};
 use crate::pacer::{Pacer, Release};
@@ -60,7 +59,9 @@ use crate::replay::ReplayBuffer;
 use crate::timer::LazyTimer;
 
 use recovery::Outage;
-use upstream::{Purpose, Upstream, join_connecting, next_engine_event, reserve_command};
+use upstream::{
+    Connecting, Purpose, Upstream, join_connecting, next_engine_event, reserve_command,
+};
 
 /// Container input has no replay (a new session needs the container's
 /// header), so its buffer only holds audio not yet sent: this much.
@@ -189,7 +190,7 @@ struct Session<'a> {
     /// Stream byte offset up to which every word is final and given out.
     covered: u64,
     upstream: Option<Upstream>,
-    connecting: Option<(JoinHandle<Result<EngineLink>>, Purpose)>,
+    connecting: Option<Connecting>,
     outage: Option<Outage>,
     retry_at: Option<Instant>,
     /// A finalize is due once this much audio went to the upstream session.
@@ -371,7 +372,7 @@ impl<'a> Session<'a> {
                 () = idle_timer.until(idle_at) => {
                     info!(session = %self.session_id, "closing the idle upstream session");
                     if let Some(upstream) = self.upstream.as_mut() {
-                        upstream.end_requested = true;
+                        upstream.request_end();
                     }
                 }
                 () = rotate_timer.until(rotate_at) => self.start_connecting(Purpose::Rotate),
@@ -388,7 +389,7 @@ impl<'a> Session<'a> {
     fn end_input(&mut self) {
         self.input_done = true;
         if let Some(upstream) = self.upstream.as_mut() {
-            upstream.end_requested = true;
+            upstream.request_end();
         }
     }
 

@@ -73,7 +73,7 @@ impl Session<'_> {
         let mut fresh_failure = false;
         if upstream_lost && let Some(upstream) = self.upstream.take() {
             self.closed_upstreams_ms += upstream.processed_ms;
-            fresh_failure = upstream.proven || self.outage.is_none();
+            fresh_failure = upstream.answered || self.outage.is_none();
         }
         if !err.is_retryable() {
             return Err(err);

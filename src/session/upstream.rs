@@ -28,33 +28,97 @@ pub(super) enum Purpose {
     Rotate,
 }
 
+/// An upstream session being opened in the background, so that input is
+/// read on meanwhile.
+pub(super) struct Connecting {
+    task: JoinHandle<Result<EngineLink>>,
+    purpose: Purpose,
+}
+
+/// Where an upstream session is in its life. It only moves forward; it
+/// ends when the session finishes (from [`Phase::Finishing`]), fails, or is
+/// handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Taking audio.
+    Streaming,
+    /// End of audio was asked for (input done, idle close): it is sent once
+    /// the session has had everything buffered.
+    EndRequested,
+    /// End of audio was sent: only its last answers are awaited.
+    Finishing,
+}
+
+/// The `reconnect` event due once a new upstream session has answered.
+pub(super) struct Announce {
+    /// `dropped`, `error`, `stalled` or `rotation`.
+    reason: &'static str,
+    upstream: u32,
+    replayed_ms: u64,
+    message: String,
+}
+
+impl Announce {
+    /// The event, `gap_ms` after the outage began (0 for a rotation).
+    fn event(self, gap_ms: u64) -> Event {
+        Event::Reconnect {
+            reason: self.reason.to_owned(),
+            upstream: self.upstream,
+            gap_ms,
+            replayed_ms: self.replayed_ms,
+            message: self.message,
+        }
+    }
+}
+
 /// The upstream session in use.
 pub(super) struct Upstream {
     pub(super) link: EngineLink,
     /// 1-based index over the stream.
-    pub(super) index: u32,
+    index: u32,
     /// Stream time of this session's audio zero, ms.
-    pub(super) base_ms: u64,
+    base_ms: u64,
     /// Stream byte offset up to which audio has been sent.
-    pub(super) sent: u64,
-    pub(super) opened_at: Instant,
+    sent: u64,
+    opened_at: Instant,
     /// The latest `total_audio_proc_ms` it reported.
     pub(super) processed_ms: u64,
-    /// End of audio was asked for (input done, idle close).
-    pub(super) end_requested: bool,
-    /// End of audio was sent: only its last answers are awaited.
-    pub(super) finishing: bool,
-    /// It has answered: an outage before it is over.
-    pub(super) proven: bool,
-    /// The `reconnect` event to give out once it has answered.
-    pub(super) announce: Option<Event>,
+    phase: Phase,
+    /// Whether it has answered. Until it has, the outage that led to it is
+    /// not over: its failure continues that outage, with backoff.
+    pub(super) answered: bool,
+    /// Given out at its first answer.
+    announce: Option<Announce>,
+}
+
+impl Upstream {
+    /// Asks for the end of audio (input done, idle close).
+    pub(super) fn request_end(&mut self) {
+        if self.phase == Phase::Streaming {
+            self.phase = Phase::EndRequested;
+        }
+    }
+
+    /// Whether the end of audio was asked for, or already sent.
+    pub(super) fn end_requested(&self) -> bool {
+        self.phase != Phase::Streaming
+    }
+
+    /// Records an answer; at the first, gives the announcement due, if any.
+    fn answer(&mut self) -> Option<Option<Announce>> {
+        if self.answered {
+            return None;
+        }
+        self.answered = true;
+        Some(self.announce.take())
+    }
 }
 
 impl Session<'_> {
     pub(super) fn idle_deadline(&self, chunk_pending: bool) -> Option<Instant> {
         let idle = self.config.idle_close?;
         let upstream = self.upstream.as_ref()?;
-        if chunk_pending || upstream.end_requested || upstream.sent < self.buffer.end() {
+        if chunk_pending || upstream.end_requested() || upstream.sent < self.buffer.end() {
             return None;
         }
         Some(self.last_audio_at + self.config.timing.wall(idle))
@@ -69,7 +133,7 @@ impl Session<'_> {
 
     pub(super) fn rotation_deadline(&self) -> Option<Instant> {
         let upstream = self.upstream.as_ref()?;
-        if self.connecting.is_some() || upstream.end_requested {
+        if self.connecting.is_some() || upstream.end_requested() {
             return None;
         }
         let due = upstream.opened_at + self.config.timing.wall(self.rotate_after());
@@ -81,10 +145,11 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_ref() else {
             return false;
         };
-        !upstream.finishing
-            && (upstream.sent < self.buffer.end()
-                || self.finalize_at.is_some()
-                || upstream.end_requested)
+        match upstream.phase {
+            Phase::Streaming => upstream.sent < self.buffer.end() || self.finalize_at.is_some(),
+            Phase::EndRequested => true,
+            Phase::Finishing => false,
+        }
     }
 
     pub(super) fn start_connecting(&mut self, purpose: Purpose) {
@@ -96,7 +161,7 @@ impl Session<'_> {
         let audio = self.config.audio.clone();
         debug!(session = %self.session_id, ?purpose, "opening an upstream session");
         let task = tokio::spawn(async move { engine.open(&recognition, &audio).await });
-        self.connecting = Some((task, purpose));
+        self.connecting = Some(Connecting { task, purpose });
     }
 
     pub(super) async fn on_connected(
@@ -145,10 +210,9 @@ impl Session<'_> {
         } else {
             self.closed_upstreams_ms
         };
-        let announce = (self.started && !reason.is_empty()).then(|| Event::Reconnect {
-            reason: reason.to_owned(),
+        let announce = (self.started && !reason.is_empty()).then(|| Announce {
+            reason,
             upstream: self.upstreams_opened,
-            gap_ms: 0,
             replayed_ms: self.ms_at(self.buffer.end()).saturating_sub(base_ms),
             message,
         });
@@ -160,9 +224,12 @@ impl Session<'_> {
             sent: base,
             opened_at: Instant::now(),
             processed_ms: 0,
-            end_requested: self.input_done,
-            finishing: false,
-            proven: false,
+            phase: if self.input_done {
+                Phase::EndRequested
+            } else {
+                Phase::Streaming
+            },
+            answered: false,
             announce,
         });
         debug!(session = %self.session_id, upstream = self.upstreams_opened, base_ms, "upstream session open");
@@ -220,13 +287,13 @@ impl Session<'_> {
                 .unwrap_or(0)
                 .saturating_sub(upstream.base_ms);
             let may_rotate = self.rotation_not_before.is_none_or(|t| t <= Instant::now());
-            if sent_ms >= rotate_after_ms && !upstream.end_requested && may_rotate {
+            if sent_ms >= rotate_after_ms && !upstream.end_requested() && may_rotate {
                 self.start_connecting(Purpose::Rotate);
             }
             return Ok(());
         }
-        if upstream.end_requested {
-            upstream.finishing = true;
+        if upstream.end_requested() {
+            upstream.phase = Phase::Finishing;
             permit.send(EngineCommand::EndOfAudio);
         }
         Ok(())
@@ -240,7 +307,7 @@ impl Session<'_> {
                 let Some(upstream) = self.upstream.as_ref() else {
                     return Ok(());
                 };
-                if upstream.finishing {
+                if upstream.phase == Phase::Finishing {
                     // Everything sent to it is final and given out.
                     self.covered = self.covered.max(upstream.sent);
                     self.buffer.release(self.covered);
@@ -272,30 +339,19 @@ impl Session<'_> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Ok(());
         };
-        if !upstream.proven {
-            upstream.proven = true;
-            let announce = upstream.announce.take();
-            if let Some(outage) = self.outage.take()
-                && let Some(Event::Reconnect {
-                    reason,
-                    upstream,
-                    replayed_ms,
-                    message,
-                    ..
-                }) = announce
-            {
-                let gap_ms = outage.since.elapsed().as_millis() as u64;
-                info!(session = %self.session_id, reason, gap_ms, replayed_ms, upstream, "reconnected");
-                self.emit(Event::Reconnect {
-                    reason,
-                    upstream,
-                    gap_ms,
-                    replayed_ms,
-                    message,
-                })
-                .await?;
-            } else if let Some(event) = announce {
-                self.emit(event).await?;
+        if let Some(announce) = upstream.answer() {
+            // Its first answer ends the outage, if there was one.
+            let outage = self.outage.take();
+            if let Some(announce) = announce {
+                let gap_ms = match outage {
+                    Some(outage) => {
+                        let gap_ms = outage.since.elapsed().as_millis() as u64;
+                        info!(session = %self.session_id, reason = announce.reason, gap_ms, replayed_ms = announce.replayed_ms, upstream = announce.upstream, "reconnected");
+                        gap_ms
+                    }
+                    None => 0,
+                };
+                self.emit(announce.event(gap_ms)).await?;
             }
         }
         let Some(upstream) = self.upstream.as_mut() else {
@@ -396,9 +452,9 @@ pub(super) async fn reserve_command(
 
 /// The outcome of the background connection attempt.
 pub(super) async fn join_connecting(
-    connecting: &mut Option<(JoinHandle<Result<EngineLink>>, Purpose)>,
+    connecting: &mut Option<Connecting>,
 ) -> (Result<EngineLink>, Purpose) {
-    let Some((task, purpose)) = connecting.as_mut() else {
+    let Some(Connecting { task, purpose }) = connecting.as_mut() else {
         return std::future::pending().await;
     };
     let purpose = *purpose;
