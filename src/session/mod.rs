@@ -17,7 +17,7 @@
 //!   stalled connection, 408/429/500/503), a new one is opened with backoff
 //!   ([`crate::retry`]) and fed from the covered offset, a final-token
 //!   boundary; the tokens it re-recognises before the seam are dropped by
-//!   timestamp.
+//!   timestamp ([`timeline`]).
 //! * Before the service's session cap, the next session is opened while the
 //!   current one runs, and takes over from the covered offset
 //!   (make-before-break).
@@ -31,14 +31,16 @@
 //!
 //! The rooms: this file has the public surface and the select loop that
 //! drives everything; [`upstream`] one upstream session's life (opening,
-//! sending, its answers, the token bookkeeping); [`recovery`] outages,
-//! retries and the fallback.
+//! sending, its answers); [`recovery`] outages, retries and the fallback;
+//! [`timeline`] the pure token bookkeeping (rebasing, the seam, the covered
+//! offset, partials).
 //!
 //! Failures are reported in-band (an `error` event, then `end`) and returned,
 //! so the front end only maps them to its exit status. If the event receiver
 //! goes away (a closed stdout), the session ends quietly.
 
 mod recovery;
+mod timeline;
 mod upstream;
 
 use std::time::Duration;
@@ -53,12 +55,13 @@ use tracing::{debug, info, warn};
 use crate::config::SessionConfig;
 use crate::engine::{Engine, SessionEngines};
 use crate::error::{Error, Result};
-use crate::event::{Event, Token};
+use crate::event::Event;
 use crate::pacer::{Pacer, Release};
 use crate::replay::ReplayBuffer;
 use crate::timer::LazyTimer;
 
 use recovery::Outage;
+use timeline::{Frames, Timeline};
 use upstream::{
     Connecting, Purpose, Upstream, join_connecting, next_engine_event, reserve_command,
 };
@@ -182,6 +185,8 @@ struct Session<'a> {
     /// The engine to go on with when the service fails for good.
     fallback: Option<Engine>,
     config: &'a SessionConfig,
+    /// The audio's frame layout; `None` for containers.
+    frames: Option<Frames>,
     session_id: String,
     events: mpsc::Sender<Event>,
     began: Instant,
@@ -204,9 +209,8 @@ struct Session<'a> {
     closed_upstreams_ms: u64,
     pacer: Pacer,
     tokens_out: u64,
-    last_final_end_ms: Option<u64>,
-    /// The non-final tail as last given out.
-    partial: Vec<Token>,
+    /// Final tokens, partials and the covered offset on the stream's time.
+    timeline: Timeline,
     last_audio_at: Instant,
     input_done: bool,
     /// Whether the fallback engine took over (it happens once).
@@ -221,6 +225,7 @@ impl<'a> Session<'a> {
         events: mpsc::Sender<Event>,
     ) -> Session<'a> {
         let now = Instant::now();
+        let frames = Frames::of(&config.audio);
         let capacity = match config.audio.bytes_per_second() {
             Some(per_second) => (config.replay_buffer.as_secs_f64() * per_second as f64) as u64,
             None => CONTAINER_BUFFER_BYTES,
@@ -229,6 +234,7 @@ impl<'a> Session<'a> {
             engine: engines.engine,
             fallback: engines.fallback,
             config,
+            frames,
             session_id,
             events,
             began: now,
@@ -246,8 +252,7 @@ impl<'a> Session<'a> {
             closed_upstreams_ms: 0,
             pacer: Pacer::new(config.timing.wall(config.max_lead)),
             tokens_out: 0,
-            last_final_end_ms: None,
-            partial: Vec::new(),
+            timeline: Timeline::new(frames, config.partials),
             last_audio_at: now,
             input_done: false,
             fell_back: false,
@@ -258,18 +263,9 @@ impl<'a> Session<'a> {
         self.config.audio.is_raw()
     }
 
-    /// Stream ms of a stream byte offset (raw formats).
+    /// Stream ms of a stream byte offset (raw formats; 0 for containers).
     fn ms_at(&self, offset: u64) -> u64 {
-        self.config.audio.duration_ms(offset).unwrap_or(0)
-    }
-
-    /// The whole frame at or before stream time `ms` (raw formats).
-    fn offset_at(&self, ms: u64) -> u64 {
-        let audio = &self.config.audio;
-        match (audio.bytes_per_frame(), audio.sample_rate) {
-            (Some(frame), Some(rate)) => ms * u64::from(rate) / 1000 * frame as u64,
-            _ => 0,
-        }
+        self.frames.map_or(0, |frames| frames.ms_at(offset))
     }
 
     /// Audio read so far, ms.

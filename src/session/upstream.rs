@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::timeline::Source;
 use super::{Halt, Session};
 use crate::engine::{EngineCommand, EngineEvent, EngineLink, Update};
 use crate::error::{Error, Result};
@@ -255,7 +256,7 @@ impl Session<'_> {
     ) -> Result<(), Halt> {
         let rotate_after_ms = self.rotate_after().as_millis() as u64;
         let raw = self.raw();
-        let audio = &self.config.audio;
+        let frames = self.frames;
         let Some(upstream) = self.upstream.as_mut() else {
             return Ok(());
         };
@@ -282,9 +283,8 @@ impl Session<'_> {
                 self.buffer.release(upstream.sent);
                 return Ok(());
             }
-            let sent_ms = audio
-                .duration_ms(upstream.sent)
-                .unwrap_or(0)
+            let sent_ms = frames
+                .map_or(0, |frames| frames.ms_at(upstream.sent))
                 .saturating_sub(upstream.base_ms);
             let may_rotate = self.rotation_not_before.is_none_or(|t| t <= Instant::now());
             if sent_ms >= rotate_after_ms && !upstream.end_requested() && may_rotate {
@@ -358,65 +358,27 @@ impl Session<'_> {
             return Ok(());
         };
         upstream.processed_ms = upstream.processed_ms.max(update.total_audio_proc_ms);
-        let (index, base_ms, sent) = (upstream.index, upstream.base_ms, upstream.sent);
+        let source = Source {
+            upstream: upstream.index,
+            base_ms: upstream.base_ms,
+            sent: upstream.sent,
+        };
         self.pacer.progress(update.total_audio_proc_ms);
-        let mut non_final = Vec::new();
-        for mut token in update.tokens {
-            token.rebase(base_ms);
-            token.upstream = Some(index);
-            if !token.is_final {
-                if token.text != "<end>" && token.text != "<fin>" {
-                    non_final.push(token);
-                }
-                continue;
-            }
-            match token.text.as_str() {
-                "<end>" => {
-                    let end_ms = self.last_final_end_ms;
-                    self.emit(Event::Endpoint { end_ms }).await?;
-                }
-                "<fin>" => {
-                    let end_ms = self.last_final_end_ms;
-                    self.emit(Event::Finalized { end_ms }).await?;
-                }
-                _ => {
-                    // A replay re-recognises audio before the seam: what
-                    // starts before the last final's end was given out already.
-                    if let (Some(start), Some(last_end)) = (token.start_ms, self.last_final_end_ms)
-                        && start < last_end
-                    {
-                        debug!(session = %self.session_id, text = %token.text, start, "dropped a duplicate at the seam");
-                        continue;
-                    }
-                    if token.end_ms.is_some() {
-                        self.last_final_end_ms = token.end_ms;
-                    }
-                    self.tokens_out += 1;
-                    self.emit(Event::Token(token)).await?;
-                }
-            }
+        let placed = self.timeline.place(update, source);
+        if placed.duplicates > 0 {
+            debug!(session = %self.session_id, upstream = source.upstream, count = placed.duplicates, "dropped duplicates at the seam");
         }
-        if self.raw() {
-            // Everything before the service's final point, short of the
-            // first non-final word and of what was sent, is final and out.
-            let mut covered_ms = base_ms + update.final_audio_proc_ms;
-            if let Some(start) = non_final.iter().filter_map(|t| t.start_ms).min() {
-                covered_ms = covered_ms.min(start);
-            }
-            let covered = self.offset_at(covered_ms).min(sent);
-            if covered > self.covered {
-                self.covered = covered;
-                self.buffer.release(covered);
-            }
+        if let Some(covered) = placed.covered
+            && covered > self.covered
+        {
+            self.covered = covered;
+            self.buffer.release(covered);
         }
-        if self.config.partials && non_final != self.partial {
-            let text = non_final.iter().map(|t| t.text.as_str()).collect();
-            self.partial = non_final.clone();
-            self.emit(Event::Partial {
-                text,
-                tokens: non_final,
-            })
-            .await?;
+        for event in placed.events {
+            if matches!(event, Event::Token(_)) {
+                self.tokens_out += 1;
+            }
+            self.emit(event).await?;
         }
         Ok(())
     }
