@@ -3,10 +3,11 @@
 //! on cue.
 //!
 //! The "speech" is pcm_s16le mono in which every sample of word *n* holds
-//! the value *n* and silence is 0; [`speech`] writes it. An upstream session
-//! decodes the words from whatever stretch of the stream it is fed, so a
-//! replay recognises the same words at the same stream times, cut words
-//! included. After every chunk it answers as Soniox does:
+//! the value *n*, its first with [`WORD_START`] set, and silence is 0;
+//! [`speech`] writes it. An upstream session decodes the words from whatever
+//! stretch of the stream it is fed, so a replay recognises the same words at
+//! the same stream times, and a stretch that begins inside a word (not at a
+//! final-token boundary) shows. After every chunk it answers as Soniox does:
 //!
 //! * a word is non-final from its first sample on (its end clamped to the
 //!   audio received), and final once [`ScriptedEngine::lag_ms`] of audio
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
 use crate::audio::AudioFormat;
@@ -77,8 +79,8 @@ pub(crate) struct Received {
 /// What the engine saw, over all its upstream sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Log {
-    /// Connection attempts, refused ones included.
-    pub(crate) attempts: u32,
+    /// When each connection attempt came, refused ones included.
+    pub(crate) attempts: Vec<Instant>,
     /// Every upstream session opened, in order.
     pub(crate) sessions: Vec<Received>,
 }
@@ -99,6 +101,9 @@ pub(crate) struct ScriptedEngine {
     script: Arc<Mutex<Script>>,
 }
 
+/// The bit that marks a word's first sample.
+pub(crate) const WORD_START: u16 = 0x8000;
+
 /// The text of word `n` (from 1).
 pub(crate) fn word_text(n: u16) -> String {
     format!(" w{n}")
@@ -112,12 +117,13 @@ pub(crate) fn speech(total_ms: u64, every_ms: u64, word_ms: u64) -> (Vec<u8>, Ve
     let mut words = Vec::new();
     let mut start_ms = every_ms;
     while start_ms + word_ms <= total_ms {
-        let n = u16::try_from(words.len() + 1).unwrap_or(u16::MAX);
+        let n = u16::try_from(words.len() + 1).unwrap_or(!WORD_START);
         let (from, to) = (
             start_ms * SAMPLES_PER_MS,
             (start_ms + word_ms) * SAMPLES_PER_MS,
         );
         samples[from as usize..to as usize].fill(n);
+        samples[from as usize] |= WORD_START;
         words.push(Word {
             text: word_text(n),
             start_ms,
@@ -184,7 +190,7 @@ impl ScriptedEngine {
         };
         let (attempt, index) = {
             let mut script = self.lock();
-            script.log.attempts += 1;
+            script.log.attempts.push(Instant::now());
             let attempt = match script.attempts.len() {
                 1 => script.attempts[0],
                 _ => script.attempts.pop_front().unwrap_or(Attempt::Serve),
@@ -209,7 +215,7 @@ impl ScriptedEngine {
         };
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let upstream = Upstream {
+        let upstream = ScriptedUpstream {
             recogniser: Recogniser::new(rate, self.lag_ms, self.trailing_final_ms),
             fault,
             engine: self.clone(),
@@ -244,7 +250,7 @@ impl Fault {
 }
 
 /// One scripted upstream session's task.
-struct Upstream {
+struct ScriptedUpstream {
     recogniser: Recogniser,
     /// Fails once it has had this much audio (ms).
     fault: Option<(u64, Fault)>,
@@ -253,7 +259,7 @@ struct Upstream {
     index: usize,
 }
 
-impl Upstream {
+impl ScriptedUpstream {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<EngineCommand>,
@@ -306,8 +312,15 @@ impl Upstream {
     }
 }
 
+/// Whether `chunk` begins inside a word, not at its first sample.
 fn starts_in_word(chunk: &Bytes) -> bool {
-    chunk.len() >= 2 && (chunk[0] != 0 || chunk[1] != 0)
+    match chunk.get(..2) {
+        Some(&[low, high]) => {
+            let value = u16::from_le_bytes([low, high]);
+            value != 0 && value & WORD_START == 0
+        }
+        _ => false,
+    }
 }
 
 /// A word heard whole, not final yet.
@@ -390,12 +403,14 @@ impl Recogniser {
 
     fn sample(&mut self, value: u16) {
         let at = self.samples;
+        let word = value & !WORD_START;
         match self.current {
-            Some((n, _)) if n == value => {}
+            Some((n, _)) if n == word && value & WORD_START == 0 => {}
+            // A new word, silence, or the first sample heard of a cut word.
             _ => {
                 self.close_word(at);
-                if value != 0 {
-                    self.current = Some((value, at));
+                if word != 0 {
+                    self.current = Some((word, at));
                 }
             }
         }
@@ -541,7 +556,7 @@ mod tests {
             ));
         }
         let log = engine.log();
-        assert_eq!(log.attempts, 5);
+        assert_eq!(log.attempts.len(), 5);
         assert_eq!(log.sessions.len(), 4, "a refused attempt opens nothing");
         assert_eq!(log.sessions[0].audio_ms, 1_200);
         assert!(!log.sessions[0].began_mid_word && !log.sessions[0].ended);
