@@ -276,6 +276,42 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The select loop: everything the session does happens in one of its
+    /// branches, one at a time, so the state needs no locks and every
+    /// handler sees it whole.
+    ///
+    /// Each turn starts by ending the loop once the input is done and every
+    /// byte read is final, and by opening an upstream session when audio
+    /// waits with none. Then the loop is `biased`: it polls the branches in
+    /// the order written rather than at random, so when several are ready at
+    /// once (an answer, a free command slot and a due chunk often are) the
+    /// most urgent goes first, and a run is reproducible. A lower branch is
+    /// only held up while a higher one stays ready, and each of those drains
+    /// something bounded (the engine's answers, the buffered audio against a
+    /// bounded command queue), so input is always reached. The order:
+    ///
+    /// 1. `stop`, so that a signal is acted on at once even under a steady
+    ///    flow of audio and answers (taken once: it starts the drain);
+    /// 2. the drain deadline, so that nothing can stretch the drain past its
+    ///    bound;
+    /// 3. engine events, before anything that reads or sends: an answer
+    ///    advances the covered offset and frees the replay buffer before
+    ///    more audio is taken in, a failure is seen before more audio goes to
+    ///    a dead session, and a rotation's hand-over (next) starts from the
+    ///    old session's latest answer, so less is replayed;
+    /// 4. the outcome of a connection attempt, before more audio goes to the
+    ///    session it replaces;
+    /// 5. the retry timer, so an outage's next attempt is not held up by
+    ///    input;
+    /// 6. a free command slot upstream, before more input: audio goes out as
+    ///    soon as there is room, so what was sent stays close to what was
+    ///    read;
+    /// 7. the paced chunk's release, then new input (disabled while a chunk
+    ///    waits: that is what holds the reader to real time, through the
+    ///    bounded input channel);
+    /// 8. the idle and rotation timers last: both can wait a turn, and audio
+    ///    arriving as the idle deadline passes should win over closing a
+    ///    session that would be reopened at once.
     async fn stream(
         &mut self,
         input: &mut mpsc::Receiver<SessionInput>,
