@@ -40,6 +40,8 @@
 //! goes away (a closed stdout), the session ends quietly.
 
 mod recovery;
+#[cfg(test)]
+mod tests;
 mod timeline;
 mod upstream;
 
