@@ -15,7 +15,7 @@ use crate::retry::Backoff;
 /// A failure being recovered from.
 pub(super) struct Outage {
     pub(super) since: Instant,
-    pub(super) backoff: Backoff,
+    backoff: Backoff,
     /// `dropped`, `error` or `stalled`, for the `reconnect` event.
     pub(super) reason: &'static str,
     pub(super) last: Error,

@@ -40,7 +40,7 @@ pub(super) struct Connecting {
 /// ends when the session finishes (from [`Phase::Finishing`]), fails, or is
 /// handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     /// Taking audio.
     Streaming,
     /// End of audio was asked for (input done, idle close): it is sent once
@@ -51,7 +51,7 @@ pub(super) enum Phase {
 }
 
 /// The `reconnect` event due once a new upstream session has answered.
-pub(super) struct Announce {
+struct Announce {
     /// `dropped`, `error`, `stalled` or `rotation`.
     reason: &'static str,
     upstream: u32,
@@ -101,7 +101,7 @@ impl Upstream {
     }
 
     /// Whether the end of audio was asked for, or already sent.
-    pub(super) fn end_requested(&self) -> bool {
+    fn end_requested(&self) -> bool {
         self.phase != Phase::Streaming
     }
 
