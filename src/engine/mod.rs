@@ -10,10 +10,13 @@
 //! abandons the upstream session.
 //!
 //! Two engines: [`soniox`], the service, and [`local`], Moonshine on this
-//! machine.
+//! machine. Unit tests have a third, `scripted`: upstream sessions that
+//! follow a script, for the session core.
 
 pub(crate) mod local;
 pub(crate) mod rate;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub(crate) mod soniox;
 
 pub(crate) use rate::RateLimiter;
@@ -82,6 +85,9 @@ pub(crate) enum Engine {
     Soniox(soniox::SonioxEngine),
     /// Moonshine through sherpa-onnx, on this machine: no key, no network.
     Local(local::LocalEngine),
+    /// Upstream sessions that follow a script (unit tests).
+    #[cfg(test)]
+    Scripted(scripted::ScriptedEngine),
 }
 
 impl Engine {
@@ -91,6 +97,8 @@ impl Engine {
         match self {
             Engine::Soniox(_) => recognition.model.clone(),
             Engine::Local(engine) => format!("moonshine-{}", engine.model().name()),
+            #[cfg(test)]
+            Engine::Scripted(_) => "scripted".to_owned(),
         }
     }
 
@@ -103,6 +111,8 @@ impl Engine {
         match self {
             Engine::Soniox(engine) => engine.open(recognition, audio).await,
             Engine::Local(engine) => engine.open(recognition, audio).await,
+            #[cfg(test)]
+            Engine::Scripted(engine) => engine.open(audio).await,
         }
     }
 }

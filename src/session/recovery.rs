@@ -1,0 +1,123 @@
+//! Outages: retrying a failed upstream session with backoff within the
+//! retry budget, and going on with the fallback engine when the service
+//! fails for good.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Halt, Session};
+use crate::error::Error;
+use crate::event::Event;
+use crate::retry::Backoff;
+
+/// A failure being recovered from.
+pub(super) struct Outage {
+    pub(super) since: Instant,
+    backoff: Backoff,
+    /// `dropped`, `error` or `stalled`, for the `reconnect` event.
+    pub(super) reason: &'static str,
+    pub(super) last: Error,
+}
+
+impl Session<'_> {
+    /// A failed upstream session or connection attempt: retry with backoff
+    /// within the budget, or fail. `upstream_lost` says whether a working
+    /// session just ended (its audio must be replayed).
+    pub(super) async fn on_failure(&mut self, err: Error, upstream_lost: bool) -> Result<(), Halt> {
+        // Unreachable from the start: no point in a long retry when a local
+        // engine stands by.
+        let unreachable = !self.reached && matches!(err, Error::Connect { .. });
+        let outcome = if unreachable && self.fallback.is_some() && !self.fell_back {
+            Err(err)
+        } else {
+            self.retry_or_fail(err, upstream_lost)
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(err) => self.fall_back(err).await,
+        }
+    }
+
+    /// The service failed for good: go on with the fallback engine, if any,
+    /// from the first audio no final token covers (the replay buffer holds
+    /// it), or fail with `err`.
+    async fn fall_back(&mut self, err: Error) -> Result<(), Halt> {
+        let request_refused = matches!(err, Error::Usage(_) | Error::Service { code: 400, .. });
+        let Some(engine) = self.fallback.clone() else {
+            return Err(err.into());
+        };
+        if self.fell_back || request_refused {
+            return Err(err.into());
+        }
+        self.fell_back = true;
+        self.engine = engine;
+        self.outage = None;
+        self.retry_at = None;
+        let from_ms = self.ms_at(self.covered);
+        warn!(session = %self.session_id, error = %err, from_ms, "the service failed for good; going on with the local engine");
+        self.emit(Event::Fallback {
+            engine: "local".to_owned(),
+            from_ms,
+            message: err.to_string(),
+        })
+        .await
+    }
+
+    /// Schedules a retry within the budget, or says the failure is final.
+    fn retry_or_fail(&mut self, err: Error, upstream_lost: bool) -> Result<(), Error> {
+        // A session that had answered failing starts a new outage, retried
+        // at once (Soniox: "immediately start a new request"); otherwise
+        // the outage goes on, backing off.
+        let mut fresh_failure = false;
+        if upstream_lost && let Some(upstream) = self.upstream.take() {
+            self.closed_upstreams_ms += upstream.processed_ms;
+            fresh_failure = upstream.answered || self.outage.is_none();
+        }
+        if !err.is_retryable() {
+            return Err(err);
+        }
+        if matches!(err, Error::Service { .. }) {
+            self.reached = true;
+        }
+        let now = Instant::now();
+        let reason = match err {
+            Error::Service { .. } => "error",
+            Error::Stalled(_) => "stalled",
+            _ => "dropped",
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: now,
+            backoff: Backoff::new(seed ^ 0x9E37_79B9_7F4A_7C15),
+            reason,
+            last: Error::Internal(String::new()),
+        });
+        let give_up_at = outage.since + self.config.timing.wall(self.config.retry_budget);
+        let backoff = self.config.timing.wall(outage.backoff.next_delay(&err));
+        // The last attempt comes when the budget runs out, not before.
+        let delay = if fresh_failure {
+            Duration::ZERO
+        } else {
+            backoff
+        }
+        .min(give_up_at.saturating_duration_since(now));
+        info!(session = %self.session_id, error = %err, retry_in_ms = delay.as_millis() as u64, "upstream session failed; reconnecting");
+        if now >= give_up_at {
+            let budget_secs = self.config.retry_budget.as_secs();
+            let reached = self.reached;
+            return Err(Error::RetryBudgetSpent {
+                budget_secs,
+                last: Box::new(err),
+                reached,
+            });
+        }
+        outage.last = err;
+        self.retry_at = Some(now + delay);
+        Ok(())
+    }
+}
