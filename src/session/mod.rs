@@ -190,6 +190,8 @@ struct Session<'a> {
     /// The audio's frame layout; `None` for containers.
     frames: Option<Frames>,
     session_id: String,
+    /// The `start` event's model: the first engine's, as asked for.
+    requested_model: String,
     events: mpsc::Sender<Event>,
     began: Instant,
     started: bool,
@@ -233,6 +235,7 @@ impl<'a> Session<'a> {
             None => CONTAINER_BUFFER_BYTES,
         };
         Session {
+            requested_model: engines.engine.model_name(&config.recognition),
             engine: engines.engine,
             fallback: engines.fallback,
             config,
@@ -447,10 +450,11 @@ impl<'a> Session<'a> {
         if self.raw() {
             Some(self.pacer.release_raw(self.chunk_duration(chunk), now))
         } else {
+            // Without an upstream session (connecting, or in an outage) the
+            // window holds too: what is read then goes out at once when one
+            // opens, so reading on would overrun the window there.
             match self.pacer.release_container(now) {
                 Release::At(at) => Some(at),
-                // Nothing to wait for without an upstream session: read on.
-                Release::OnProgress if self.upstream.is_none() => Some(now),
                 Release::OnProgress => None,
             }
         }
@@ -479,11 +483,40 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Gives out an event. The output queue is large (see
+    /// Gives out `start`, once: when the first upstream session opens, or
+    /// before anything else the stream reports (an `overrun` or a `fallback`
+    /// before any session opened), so that `start` is always first. It names
+    /// the model asked for, whichever engine goes on.
+    async fn ensure_started(&mut self) -> Result<(), Halt> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        let audio = &self.config.audio;
+        let start = Event::Start {
+            session_id: self.session_id.clone(),
+            model: self.requested_model.clone(),
+            audio_format: audio.name.clone(),
+            sample_rate: audio.sample_rate,
+            num_channels: audio.channels,
+        };
+        self.send(start).await
+    }
+
+    /// Gives out an event, after `start` if it has not gone yet (an `error`
+    /// and the `end` do not start a stream).
+    async fn emit(&mut self, event: Event) -> Result<(), Halt> {
+        if !matches!(event, Event::Error { .. } | Event::End { .. }) {
+            self.ensure_started().await?;
+        }
+        self.send(event).await
+    }
+
+    /// Sends an event. The output queue is large (see
     /// [`crate::output::OUTPUT_QUEUE`]) so a slow consumer does not hold up
     /// the audio; past it, a `partial` is dropped (the next one replaces it
     /// anyway) and anything else waits for room.
-    async fn emit(&self, event: Event) -> Result<(), Halt> {
+    async fn send(&self, event: Event) -> Result<(), Halt> {
         match self.events.try_send(event) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(Halt::ConsumerGone),

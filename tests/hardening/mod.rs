@@ -472,3 +472,128 @@ async fn row17_zero_limits_are_refused_and_kept_on_reload() {
     assert_eq!(status["upstream"]["limit"], 1, "{status}");
     first.await.unwrap();
 }
+
+/// Row 9 (low): an `overrun` came before `start`. The service cannot be
+/// reached for the first seconds of a file (every connection is closed
+/// before its handshake: a Soniox with its front door down), so the replay
+/// buffer (10 s) overflows before any session opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row9_an_overrun_never_comes_before_start() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let door = Door::new(&emulator).await;
+    let (_, audio) = util::marker_audio(30, 500, 16_000);
+    let mut command = util::sttpipe(Some(&door.url), Some(KEY));
+    command
+        .env("STTPIPE_PACE_FACTOR", "8")
+        .args(["--replay-buffer", "10", "--retry-budget", "60"]);
+    let mut child = util::spawn(command);
+    let mut stdin = child.stdin.take().unwrap();
+    let started = std::time::Instant::now();
+    stdin.write_all(&audio).await.unwrap();
+    drop(stdin);
+    // 16 s of audio at 8x is 2 s of wall time: after 3 s the buffer has
+    // overflowed (the assertion below checks that it did). Then the door opens.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    door.open();
+    let output = util::finish(child, started).await;
+    let events = output.events();
+    assert!(
+        events.iter().any(|e| e["type"] == "overrun"),
+        "the buffer overflowed: {}",
+        output.stdout
+    );
+    assert_eq!(events[0]["type"], "start", "{}", output.stdout);
+}
+
+/// A front door to the emulator that drops every connection (the
+/// handshake fails, as with a service that cannot be reached) until it is
+/// opened; then it forwards them.
+struct Door {
+    url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Door {
+    async fn new(emulator: &soniox_emulator::Emulator) -> Door {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "ws://{}/transcribe-websocket",
+            listener.local_addr().unwrap()
+        );
+        let upstream = emulator.local_addr();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let open = open.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut service = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
+                    });
+                }
+            }
+        });
+        Door { url, open, task }
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Row 10 (low): container input sent 120 KiB before any progress report
+/// (documented: at most 32 KiB beyond the service's progress), because
+/// everything read while no session was open went out at once. Here the
+/// service never reports progress on this input, and the first seconds
+/// pass with no session open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row10_containers_stay_within_the_unconfirmed_window() {
+    let emulator = util::emulator(EmulatorConfig {
+        // 300 KiB count as well under 500 ms: no progress response ever.
+        container_bytes_per_ms: 1e9,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let door = Door::new(&emulator).await;
+    let mut command = util::sttpipe(Some(&door.url), Some(KEY));
+    command.args(["--audio-format", "mp3"]);
+    let mut child = util::spawn(command);
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let feeder = tokio::spawn(async move {
+        let _ = stdin.write_all(&bytes).await;
+        stdin
+    });
+    // A second with the service unreachable, then it opens.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    door.open();
+    util::wait_for(BOUND, "the first audio reaches the emulator", || {
+        emulator.sessions().iter().any(|s| s.audio_bytes > 0)
+    })
+    .await;
+    // Room for a burst past the window to show (the assertion checks there
+    // was none).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent: u64 = emulator.sessions().iter().map(|s| s.audio_bytes).sum();
+    assert!(
+        sent <= 36 * 1024,
+        "{sent} bytes went out with no progress report (window: 32 KiB and a 4 KiB chunk): {:?}",
+        emulator
+            .sessions()
+            .iter()
+            .map(|s| (s.audio_bytes, s.outcome))
+            .collect::<Vec<_>>()
+    );
+    child.kill().await.unwrap();
+    feeder.abort();
+}
