@@ -1,1 +1,132 @@
-//! The findings on the Soniox-compatible WebSocket endpoint.
+//! The findings on the Soniox-compatible WebSocket endpoint. Each test runs
+//! the real daemon with its endpoint on a free loopback port
+//! ([`util::ws_daemon`]) and speaks to it as a client would.
+
+use soniox_emulator::{Emulator, EmulatorConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::BOUND;
+use crate::daemon::Daemon;
+use crate::util::{self, KEY};
+
+/// How many times faster than real time the daemon and the emulator run.
+const PACE: f64 = 8.0;
+
+async fn emulator() -> Emulator {
+    util::emulator(EmulatorConfig {
+        time_scale: PACE,
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+/// The status line the endpoint answers a WebSocket upgrade with, given
+/// the request's `Host` and `Origin` lines (each ending in CRLF).
+async fn upgrade_status(port: u16, headers: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!(
+        "GET /transcribe-websocket HTTP/1.1\r\n{headers}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+            line.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(BOUND, read)
+        .await
+        .expect("an answer within the bound");
+    String::from_utf8_lossy(&line).trim_end().to_owned()
+}
+
+/// The `sttpipe: warning:` lines a daemon with `args` prints on stderr
+/// when it starts and when it reloads once.
+async fn warnings(emulator: &Emulator, args: &[&str]) -> Vec<String> {
+    let mut daemon = Daemon::launch(Some((&emulator.url(), KEY)), args, &[]).await;
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.expect_notification("READY=1").await;
+    let mut stderr = daemon.child.stderr.take().unwrap();
+    assert!(daemon.terminate().await.success());
+    let mut text = String::new();
+    tokio::time::timeout(BOUND, stderr.read_to_string(&mut text))
+        .await
+        .expect("stderr ends with the daemon")
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("sttpipe: warning:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Row 3 (medium): without a token, Origin == Host was the only guard, and
+/// DNS rebinding passes it; a non-loopback address without a token went
+/// unwarned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row3_without_a_token_only_local_names_may_upgrade() {
+    let emu = emulator().await;
+    let daemon = util::ws_daemon(&emu, &[], PACE).await;
+    let port = daemon.port;
+    for headers in [
+        // A page on evil.example, its name pointed at 127.0.0.1: same
+        // origin, and the name is the attacker's.
+        format!("Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"),
+        format!("Host: evil.example:{port}\r\n"),
+        format!("Host: localhost.evil.example:{port}\r\n"),
+        format!("Host: 127.0.0.1.evil.example:{port}\r\n"),
+        format!("Host: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n"),
+        format!("Host: 127.0.0.1:{port}\r\nOrigin: null\r\n"),
+        String::new(),
+    ] {
+        assert_eq!(
+            upgrade_status(port, &headers).await,
+            "HTTP/1.1 403 Forbidden",
+            "{headers:?}"
+        );
+    }
+    for headers in [
+        format!("Host: 127.0.0.1:{port}\r\n"),
+        format!("Host: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"),
+        format!("Host: localhost:{port}\r\nOrigin: http://localhost:{port}\r\n"),
+        format!("Host: 127.0.0.2:{port}\r\n"),
+        format!("Host: [::1]:{port}\r\n"),
+    ] {
+        assert_eq!(
+            upgrade_status(port, &headers).await,
+            "HTTP/1.1 101 Switching Protocols",
+            "{headers:?}"
+        );
+    }
+    // With a token, the token is the access rule, whatever the names.
+    let dir = tempfile::tempdir().unwrap();
+    let token = util::write_file(dir.path(), "token", b"local-token\n");
+    let guarded = util::ws_daemon(&emu, &["--ws-token-file", token.to_str().unwrap()], PACE).await;
+    let headers = format!(
+        "Host: evil.example:{0}\r\nOrigin: http://evil.example:{0}\r\n",
+        guarded.port
+    );
+    assert_eq!(
+        upgrade_status(guarded.port, &headers).await,
+        "HTTP/1.1 101 Switching Protocols"
+    );
+
+    // A non-loopback address without a token is said at start and reload.
+    let open = warnings(&emu, &["--ws-listen", "0.0.0.0:0"]).await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(
+        open[0].contains("0.0.0.0:") && open[0].contains("--ws-token-file"),
+        "{open:?}"
+    );
+    let loopback = warnings(&emu, &["--ws-listen", "127.0.0.1:0"]).await;
+    assert_eq!(loopback, Vec::<String>::new());
+    let token_arg = token.to_str().unwrap();
+    let with_token = warnings(
+        &emu,
+        &["--ws-listen", "0.0.0.0:0", "--ws-token-file", token_arg],
+    )
+    .await;
+    assert_eq!(with_token, Vec::<String>::new());
+}

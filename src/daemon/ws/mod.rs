@@ -19,9 +19,11 @@
 //!
 //! Security model: the client's key is only ever compared with the daemon's
 //! local token (when one is set): it is never forwarded, logged, or stored.
-//! Without a token, only same-origin browser pages may upgrade (see
-//! [`http::route`]), so another web page cannot use the daemon's key through
-//! a visitor's browser.
+//! Without a token, an upgrade must name this machine (a loopback host, or
+//! the address the client connected to) in its `Host` and `Origin` (see
+//! [`http::route`]), so a web page elsewhere cannot use the daemon's key
+//! through a visitor's browser, even by DNS rebinding; and [`warn_if_open`]
+//! says so when the endpoint listens beyond loopback without a token.
 //!
 //! Improvements over Soniox's "proxy stream" guide's example: frames that
 //! arrive while the upstream session connects go through one ordered channel
@@ -55,7 +57,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use soniox_wire::{ApiError, StartRequest};
 
@@ -95,6 +97,23 @@ const REMOTE_PEER: Peer = Peer {
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// Warns (in the log and on stderr) when the endpoint listens on `addr`
+/// beyond loopback without a token: anyone who can reach it there may
+/// stream on the daemon's key. Called at start and after each reload.
+pub(super) fn warn_if_open(addr: Option<SocketAddr>, has_token: bool) {
+    let Some(addr) = addr else {
+        return;
+    };
+    if has_token || addr.ip().to_canonical().is_loopback() {
+        return;
+    }
+    let message = format!(
+        "the WebSocket endpoint on {addr} is not on a loopback address and has no token (--ws-token-file): anyone who can reach it may stream on the daemon's key"
+    );
+    warn!("{message}");
+    crate::filter::warn_user(&message);
+}
+
 /// Serves one TCP connection on the WebSocket endpoint to the end.
 pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let span = info_span!("ws", %peer);
@@ -129,7 +148,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     let token = shared.ws_token();
-    match http::route(&head, token.is_some()) {
+    match http::route(&head, token.is_some(), stream.local_addr().ok()) {
         Route::Page { with_body } => {
             debug!("serving the page");
             http::respond_page(&mut stream, with_body).await;
