@@ -2,9 +2,16 @@
 //! the real daemon with its endpoint on a free loopback port
 //! ([`util::ws_daemon`]) and speaks to it as a client would.
 
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use soniox_emulator::{Emulator, EmulatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::BOUND;
 use crate::daemon::Daemon;
@@ -13,12 +20,34 @@ use crate::util::{self, KEY};
 /// How many times faster than real time the daemon and the emulator run.
 const PACE: f64 = 8.0;
 
+fn start_request() -> Value {
+    json!({
+        "model": "stt-rt-v5",
+        "audio_format": "pcm_s16le",
+        "sample_rate": 16000,
+        "num_channels": 1,
+    })
+}
+
 async fn emulator() -> Emulator {
     util::emulator(EmulatorConfig {
         time_scale: PACE,
         ..EmulatorConfig::default()
     })
     .await
+}
+
+/// Waits (bounded) until the daemon's status satisfies `condition`.
+async fn wait_status(daemon: &util::WsDaemon, what: &str, condition: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let status = daemon.status().await;
+        if condition(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The status line the endpoint answers a WebSocket upgrade with, given
@@ -129,4 +158,59 @@ async fn row3_without_a_token_only_local_names_may_upgrade() {
     )
     .await;
     assert_eq!(with_token, Vec::<String>::new());
+}
+
+/// The close frame the daemon sends after `message`, sent in place of the
+/// start request (`start` false) or after it.
+async fn close_after(url: &str, start: bool, message: Message) -> Option<(CloseCode, String)> {
+    let (mut ws, _) = tokio::time::timeout(BOUND, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake within the bound")
+        .expect("the upgrade succeeds");
+    if start {
+        ws.send(Message::text(start_request().to_string()))
+            .await
+            .unwrap();
+    }
+    // The daemon may stop reading before the whole message is out.
+    let _ = tokio::time::timeout(BOUND, ws.send(message)).await;
+    loop {
+        match tokio::time::timeout(BOUND, ws.next())
+            .await
+            .expect("bounded")
+        {
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map(|f| (f.code, f.reason.to_string()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Row 18 (low): a 64 MiB WebSocket message got a TCP drop, no close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row18_an_oversized_message_gets_close_1009() {
+    let emu = emulator().await;
+    let daemon = util::ws_daemon(&emu, &[], PACE).await;
+    let url = daemon.url("/");
+    let big = Message::binary(vec![0u8; 64 << 20]);
+    let (code, reason) = close_after(&url, true, big)
+        .await
+        .expect("a close frame, not a dropped connection");
+    assert_eq!(code, CloseCode::Size);
+    assert!(!reason.is_empty(), "a reason");
+    wait_status(&daemon, "the session is abandoned", |s| {
+        s["sessions"] == json!([])
+    })
+    .await;
+    tokio::time::timeout(BOUND, emu.wait_until(|c| c.open == 0))
+        .await
+        .expect("nothing left upstream");
+    // As the start request too.
+    let big_start = Message::text("x".repeat(20 << 20));
+    let (code, _) = close_after(&url, false, big_start)
+        .await
+        .expect("a close frame, not a dropped connection");
+    assert_eq!(code, CloseCode::Size);
 }

@@ -3,7 +3,8 @@
 //! Everything a TCP client of the daemon sees goes through here, one job a
 //! file: [`http`] reads the request head (bounded in size and time), routes
 //! it between the browser page (`GET /`) and WebSocket upgrades (`/` and
-//! `/transcribe-websocket`) and checks the upgrade; [`start`] turns a Soniox
+//! `/transcribe-websocket`) and checks the upgrade; [`client`] is one
+//! connected client and how its connection ends; [`start`] turns a Soniox
 //! start request into the session's options and errors into Soniox error
 //! frames; [`relay`] moves frames between the client and its session;
 //! [`transcript`] folds the session's events into Soniox responses. This
@@ -37,6 +38,7 @@
 //! otherwise lock out the rest; the upstream limit and the queue still apply,
 //! and the local token is their access rule.
 
+mod client;
 mod http;
 mod relay;
 mod start;
@@ -46,8 +48,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -55,9 +55,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::{Instrument, debug, info_span, warn};
 
 use soniox_wire::{ApiError, StartRequest};
 
@@ -65,12 +64,14 @@ use super::Shared;
 use super::launch::{self, Client as LaunchClient, Refusal};
 use super::registry::Peer;
 use crate::config::resolve::{self, Origin};
+use client::Client;
 use http::{ClientKey, HeadError, Route, Upgrade};
 use relay::Relay;
 use start::{BOUNDS, api_error, key_matches, session_args};
 
 /// Largest WebSocket message (and frame) from a client: a minute of 16 kHz
-/// stereo f32 is under 8 MiB; anything larger is not streaming.
+/// stereo f32 is under 8 MiB; anything larger is not streaming, and gets
+/// 1009.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// A client must send its start request (or a keepalive) within this long.
 /// Soniox's own bound is undocumented; this is the emulator's default.
@@ -94,8 +95,6 @@ const REMOTE_PEER: Peer = Peer {
     gid: u32::MAX,
     pid: None,
 };
-
-type Ws = WebSocketStream<TcpStream>;
 
 /// Warns (in the log and on stderr) when the endpoint listens on `addr`
 /// beyond loopback without a token: anyone who can reach it there may
@@ -180,49 +179,9 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             // WebSocket stream.
             let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
                 .await;
-            let (sink, stream) = ws.split();
-            let mut client = Client {
-                sink,
-                stream,
-                request_id: shared.new_session_id(),
-            };
+            let mut client = Client::new(ws, shared.new_session_id());
             run_client(&mut client, upgrade.key, token, &shared).await;
         }
-    }
-}
-
-/// One connected WebSocket client.
-struct Client {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
-    /// This connection's id: the session id, and `request_id` in errors.
-    request_id: String,
-}
-
-impl Client {
-    async fn send_text(&mut self, text: String) -> bool {
-        self.sink.send(Message::text(text)).await.is_ok()
-    }
-
-    /// Sends an error frame, then closes (Soniox closes right after an error).
-    async fn fail(&mut self, err: &ApiError) {
-        info!(code = err.code, error_type = %err.error_type, message = %err.message, "error sent to the client");
-        if self.send_text(err.to_json(&self.request_id)).await {
-            self.close().await;
-        }
-    }
-
-    /// Closes with 1000 and waits (bounded) for the client's reply.
-    async fn close(&mut self) {
-        let frame = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        if self.sink.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        let drain = async { while let Some(Ok(_)) = self.stream.next().await {} };
-        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
     }
 }
 
@@ -342,7 +301,7 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
                 client.fail(&ApiError::with_code(408, "Start request timeout")).await;
                 return Start::Gone;
             }
-            message = client.stream.next() => message,
+            message = client.next() => message,
         };
         match message {
             Some(Ok(Message::Text(text))) => {
@@ -361,6 +320,10 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
                 return Start::Gone;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Err(err)) if client::is_too_big(&err) => {
+                client.too_big().await;
+                return Start::Gone;
+            }
             Some(Ok(Message::Close(_)) | Err(_)) | None => {
                 debug!("the client left before its start request");
                 return Start::Gone;

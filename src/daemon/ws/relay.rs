@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -17,9 +16,10 @@ use tracing::{debug, info, warn};
 
 use soniox_wire::ApiError;
 
+use super::CLOSE_GRACE;
+use super::client::{self, Client};
 use super::start::api_error;
 use super::transcript::{Terminal, Transcript};
-use super::{CLOSE_GRACE, Client};
 use crate::daemon::launch::Running;
 use crate::daemon::registry::{Progress, State};
 use crate::event::Event;
@@ -161,7 +161,7 @@ impl Relay {
                     // The session no longer reads: its events say why.
                     _ => input = None,
                 },
-                message = client.stream.next(), if pending.is_none() => {
+                message = client.next(), if pending.is_none() => {
                     let text = match message {
                         Some(Ok(Message::Binary(data))) if data.is_empty() => {
                             self.end_audio(&mut input, &carry);
@@ -178,6 +178,11 @@ impl Relay {
                         }
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Err(err)) if client::is_too_big(&err) => {
+                            task.abandon().await;
+                            client.too_big().await;
+                            return;
+                        }
                         Some(Ok(Message::Close(_)) | Err(_)) | None => {
                             // Soniox treats a client's close as a cancel: the
                             // upstream session is abandoned (the task guard).
