@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use soniox_emulator::{Emulator, EmulatorConfig};
+use soniox_emulator::{Emulator, EmulatorConfig, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::BOUND;
 use crate::daemon::Daemon;
@@ -19,6 +20,10 @@ use crate::util::{self, KEY};
 
 /// How many times faster than real time the daemon and the emulator run.
 const PACE: f64 = 8.0;
+/// Bytes of 16 kHz mono pcm_s16le per 100 ms message.
+const CHUNK: usize = 3200;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn start_request() -> Value {
     json!({
@@ -35,6 +40,18 @@ async fn emulator() -> Emulator {
         ..EmulatorConfig::default()
     })
     .await
+}
+
+/// A connection to `url` that has sent [`start_request`].
+async fn started(url: &str) -> Ws {
+    let (mut ws, _) = tokio::time::timeout(BOUND, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake within the bound")
+        .expect("the upgrade succeeds");
+    ws.send(Message::text(start_request().to_string()))
+        .await
+        .unwrap();
+    ws
 }
 
 /// Waits (bounded) until the daemon's status satisfies `condition`.
@@ -158,6 +175,58 @@ async fn row3_without_a_token_only_local_names_may_upgrade() {
     )
     .await;
     assert_eq!(with_token, Vec::<String>::new());
+}
+
+/// Row 16 (low): a client that flooded ~145 s of audio and left kept its
+/// session streaming (and billed) for 2.5 min.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row16_a_departed_clients_buffered_audio_is_not_streamed() {
+    let emu = emulator().await;
+    let daemon = util::ws_daemon(&emu, &[], PACE).await;
+    let mut ws = started(&daemon.url("/")).await;
+    // 100 s of silence as fast as the socket takes it (the buffers on
+    // both sides hold it), so the daemon has nothing to answer until the
+    // client is gone.
+    let flooded_ms: u64 = 100_000;
+    let flood = async {
+        for _ in 0..flooded_ms / 100 {
+            ws.send(Message::binary(vec![0u8; CHUNK])).await.unwrap();
+        }
+    };
+    tokio::time::timeout(BOUND, flood)
+        .await
+        .expect("the flood is taken within the bound");
+    util::wait_for(BOUND, "the upstream session streams", || {
+        emu.streaming_sessions() == 1
+    })
+    .await;
+    let streamed_before = emu.session(0).unwrap().audio_ms;
+    drop(ws);
+    let left = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        emu.wait_until(|c| c.ended == 1 && c.open == 0),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let record = emu.session(0).unwrap();
+        panic!(
+            "the upstream session goes on: {:?} after {} ms of audio",
+            record.outcome, record.audio_ms
+        )
+    });
+    let record = emu.session(0).unwrap();
+    assert_eq!(record.outcome, Outcome::ClientClosed);
+    let streamed_after = record.audio_ms - streamed_before;
+    assert!(
+        streamed_after < 20_000,
+        "{streamed_after} of the {flooded_ms} ms sent streamed in the {:?} after the client left",
+        left.elapsed()
+    );
+    wait_status(&daemon, "the session is gone", |s| {
+        s["sessions"] == json!([])
+    })
+    .await;
 }
 
 /// The close frame the daemon sends after `message`, sent in place of the

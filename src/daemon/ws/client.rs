@@ -1,10 +1,14 @@
 //! One connected WebSocket client: its connection, kept whole (not split
 //! into halves) so that the TCP stream under it stays at hand, what the
-//! daemon sends it, and the ways the daemon ends a connection: an error
+//! daemon sends it, how the daemon sees it leave while its messages are
+//! still unread, and the ways the daemon ends a connection: an error
 //! frame, a normal close, or 1009 for a message over the limit.
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -67,6 +71,32 @@ impl Client {
         }
         let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
+
+    /// Whether the client has gone, though what it sent before is still
+    /// unread: its FIN or a reset has reached the TCP stream (readiness
+    /// keeps that state, whatever is still queued before it).
+    pub(super) fn departed(&self) -> bool {
+        match self.ws.get_ref().ready(Interest::READABLE).now_or_never() {
+            Some(Ok(ready)) => ready.is_read_closed(),
+            Some(Err(_)) => true,
+            // Neither data nor an end has arrived.
+            None => false,
+        }
+    }
+
+    /// Pings the client; `false` if the connection failed.
+    ///
+    /// TCP delivers a FIN only after the data sent before it, and a client
+    /// that flooded audio and left has its FIN behind megabytes in its own
+    /// send buffer, which drain only as fast as its session reads. But a
+    /// closed socket answers new data with a reset, which arrives at once:
+    /// a ping brings it, and [`Client::departed`] sees it. A live client
+    /// answers with a pong (ignored); a client that reads nothing keeps
+    /// the ping in its buffers, so the wait for the send is bounded.
+    pub(super) async fn probe(&mut self, bound: Duration) -> bool {
+        let ping = self.ws.send(Message::Ping(Bytes::new()));
+        !matches!(tokio::time::timeout(bound, ping).await, Ok(Err(_)))
     }
 
     /// Closes with 1009 after a message or frame over [`MAX_MESSAGE_BYTES`].

@@ -2,7 +2,8 @@
 //! whole frames and control messages into the session (held back when the
 //! session's queue is full, so TCP slows the client), the session's events
 //! out as Soniox responses, the idle rule, and how a session's end, failure
-//! or a client's leaving ends the connection.
+//! or a client's leaving ends the connection, also when the client left
+//! while held back, with what it sent before still unread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,9 @@ use crate::timer::LazyTimer;
 
 /// Most events folded into one response.
 const MAX_BATCH: usize = 256;
+/// How often a client that is held back (not read) is probed for having
+/// left (see [`Client::probe`]).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// What a text frame after the start request means.
 #[derive(Debug, PartialEq)]
@@ -96,6 +100,8 @@ impl Relay {
         let mut idle_at = Instant::now() + self.idle;
         // Moves later with every message: one timer, not one per turn.
         let mut idle_timer = LazyTimer::new();
+        let mut probe_at = Instant::now();
+        let mut probe_timer = LazyTimer::new();
         let mut batch = Vec::with_capacity(16);
         loop {
             let waiting = input.as_ref().filter(|_| pending.is_some()).cloned();
@@ -205,6 +211,17 @@ impl Relay {
                             return;
                         }
                     }
+                }
+                // Held back, the client is not read, and its leaving would
+                // be read only after all it sent before: that audio would be
+                // streamed (and billed) for nobody.
+                () = probe_timer.until(Some(probe_at)), if pending.is_some() => {
+                    if client.departed() || !client.probe(PROBE_EVERY).await {
+                        info!(session = %client.request_id, "the client went away while held back; its unread audio is dropped and the session abandoned");
+                        task.abandon().await;
+                        return;
+                    }
+                    probe_at = Instant::now() + PROBE_EVERY;
                 }
                 () = idle_timer.until(Some(idle_at)), if input.is_some() && pending.is_none() => {
                     task.abandon().await;
