@@ -1,7 +1,10 @@
-//! The findings on the Soniox-compatible WebSocket endpoint. Each test runs
-//! the real daemon with its endpoint on a free loopback port
-//! ([`util::ws_daemon`]) and speaks to it as a client would.
+//! The findings on the Soniox-compatible WebSocket endpoint: who may
+//! upgrade without a token (row 3), queued clients kept alive (row 7), a
+//! departed client's audio dropped (row 16), oversized messages closed with
+//! 1009 (row 18). Each test runs the real daemon with its endpoint on a free
+//! loopback port ([`util::ws_daemon`]) and speaks the Soniox protocol to it.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +55,19 @@ async fn started(url: &str) -> Ws {
         .await
         .unwrap();
     ws
+}
+
+/// Final spoken tokens of Soniox responses as (text, start_ms).
+fn finals(frames: &[Value]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .flat_map(|f| f["tokens"].as_array().cloned().unwrap_or_default())
+        .filter(|t| t["is_final"] == true && !t["text"].as_str().unwrap().starts_with('<'))
+        .map(|t| {
+            let text = t["text"].as_str().unwrap().to_owned();
+            (text, t["start_ms"].as_u64().expect("start_ms"))
+        })
+        .collect()
 }
 
 /// Waits (bounded) until the daemon's status satisfies `condition`.
@@ -175,6 +191,139 @@ async fn row3_without_a_token_only_local_names_may_upgrade() {
     )
     .await;
     assert_eq!(with_token, Vec::<String>::new());
+}
+
+/// How often the keepalive client pings, and how late a pong may be.
+const PING_EVERY: Duration = Duration::from_millis(200);
+const PONG_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A Soniox client with a fast keepalive (Python `websockets` pings every
+/// 20 s and gives up after 20 s more): it sends `audio` at the daemon's
+/// real-time pace, then the end of audio, and reads to the close; it gives
+/// up as soon as a pong is [`PONG_TIMEOUT`] late. Returns the responses.
+async fn keepalive_client(url: String, audio: Vec<u8>) -> Result<Vec<Value>, String> {
+    let mut ws = started(&url).await;
+    let mut chunks: VecDeque<Vec<u8>> = audio.chunks(CHUNK).map(<[u8]>::to_vec).collect();
+    let mut sent_all = false;
+    let mut pings = tokio::time::interval(PING_EVERY);
+    let mut feed = tokio::time::interval(Duration::from_secs_f64(0.1 / PACE));
+    let mut ping_out: Option<Instant> = None;
+    let mut frames = Vec::new();
+    let deadline = tokio::time::sleep(BOUND);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = pings.tick() => match ping_out {
+                Some(at) if at.elapsed() > PONG_TIMEOUT => {
+                    return Err(format!("no pong within {PONG_TIMEOUT:?}"));
+                }
+                Some(_) => {}
+                None => {
+                    ws.send(Message::Ping(vec![7].into())).await.map_err(|e| e.to_string())?;
+                    ping_out = Some(Instant::now());
+                }
+            },
+            _ = feed.tick(), if !sent_all => {
+                let message = match chunks.pop_front() {
+                    Some(chunk) => Message::binary(chunk),
+                    None => {
+                        sent_all = true;
+                        Message::text("")
+                    }
+                };
+                ws.send(message).await.map_err(|e| e.to_string())?;
+            }
+            message = ws.next() => match message {
+                Some(Ok(Message::Pong(_))) => ping_out = None,
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(serde_json::from_str(&text).map_err(|e| e.to_string())?);
+                }
+                Some(Ok(Message::Close(Some(close)))) if close.code == CloseCode::Normal => {
+                    return Ok(frames);
+                }
+                Some(Ok(Message::Close(close))) => return Err(format!("closed: {close:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.to_string()),
+                None => return Err("the connection ended without a close".into()),
+            },
+            () = &mut deadline => return Err("not finished within the bound".into()),
+        }
+    }
+}
+
+/// Row 7 (medium): queued WebSocket clients got no pong until a slot
+/// freed, so clients with a keepalive dropped; a queued client that left
+/// kept its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row7_queued_clients_get_pongs_keep_their_audio_and_leave_at_once() {
+    let emu = emulator().await;
+    let daemon = util::ws_daemon(&emu, &["--max-upstream", "1"], PACE).await;
+    let url = daemon.url("/transcribe-websocket");
+    // The slot's holder sends a little audio, then keepalives only, until
+    // it is let go.
+    let mut holder = started(&url).await;
+    holder
+        .send(Message::binary(vec![0u8; CHUNK]))
+        .await
+        .unwrap();
+    util::wait_for(BOUND, "the holder streams", || {
+        emu.streaming_sessions() == 1
+    })
+    .await;
+    let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut released => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let keepalive = Message::text(r#"{"type":"keepalive"}"#);
+                    holder.send(keepalive).await.unwrap();
+                }
+            }
+        }
+        holder.send(Message::text("")).await.unwrap();
+        while let Some(Ok(_)) = holder.next().await {}
+    });
+
+    let (words, audio) = util::marker_audio(12, 500, 7_000);
+    let queued: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(keepalive_client(url.clone(), audio.clone())))
+        .collect();
+    let leaver = started(&url).await;
+    wait_status(&daemon, "four clients queued", |s| {
+        s["queue"]["waiting"] == 4
+    })
+    .await;
+    drop(leaver);
+    wait_status(&daemon, "the client that left gave up its place", |s| {
+        s["queue"]["waiting"] == 3
+    })
+    .await;
+    // Queued for many ping intervals, with all their audio sent.
+    tokio::time::sleep(PONG_TIMEOUT * 3).await;
+    release.send(()).unwrap();
+    for (n, client) in queued.into_iter().enumerate() {
+        let frames = client
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("queued client {n}: {err}"));
+        assert_eq!(finals(&frames), util::expected(&words), "client {n}");
+        assert_eq!(frames.last().unwrap()["finished"], true, "client {n}");
+    }
+    holder.await.unwrap();
+    assert_eq!(
+        emu.counts().connected,
+        4,
+        "the client that left never went upstream"
+    );
+    for record in emu.sessions().iter().skip(1) {
+        assert_eq!(
+            record.audio_bytes,
+            audio.len() as u64,
+            "every byte, in order"
+        );
+    }
+    wait_status(&daemon, "no session left", |s| s["sessions"] == json!([])).await;
 }
 
 /// Row 16 (low): a client that flooded ~145 s of audio and left kept its

@@ -6,8 +6,10 @@
 //! `/transcribe-websocket`) and checks the upgrade; [`client`] is one
 //! connected client and how its connection ends; [`start`] turns a Soniox
 //! start request into the session's options and errors into Soniox error
-//! frames; [`relay`] moves frames between the client and its session;
-//! [`transcript`] folds the session's events into Soniox responses. This
+//! frames; [`relay`] moves frames between the client and its session, from
+//! the start request on, through the bounded [`inbox`] of what the client
+//! sent that its session has not taken yet; [`transcript`] folds the
+//! session's events into Soniox responses. This
 //! file owns one connection's course: accept, head, route, upgrade, then the
 //! start request, the key check and the launch.
 //!
@@ -29,8 +31,11 @@
 //! Improvements over Soniox's "proxy stream" guide's example: frames that
 //! arrive while the upstream session connects go through one ordered channel
 //! into the session core's replay buffer, so they are never lost or
-//! reordered; errors are relayed as Soniox error frames; a client that goes
-//! away ends its upstream session at once.
+//! reordered; a client waiting in the queue is read meanwhile (its pings
+//! answered, its audio held for its session); errors are relayed as Soniox
+//! error frames; a client that goes away ends its upstream session, or
+//! gives up its place in the queue, at once, even while audio it sent
+//! before is still unread.
 //!
 //! WebSocket clients have no uid: they are registered as one remote
 //! pseudo-peer ([`REMOTE_PEER`], uid and gid `u32::MAX`) with no per-uid
@@ -40,6 +45,7 @@
 
 mod client;
 mod http;
+mod inbox;
 mod relay;
 mod start;
 mod transcript;
@@ -67,7 +73,7 @@ use crate::config::resolve::{self, Origin};
 use client::Client;
 use http::{ClientKey, HeadError, Route, Upgrade};
 use relay::Relay;
-use start::{BOUNDS, api_error, key_matches, session_args};
+use start::{BOUNDS, key_matches, refusal_error, session_args};
 
 /// Largest WebSocket message (and frame) from a client: a minute of 16 kHz
 /// stereo f32 is under 8 MiB; anything larger is not streaming, and gets
@@ -85,9 +91,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events queued from the session towards the client.
 const EVENT_QUEUE: usize = 1024;
-/// Audio messages queued from the client into the session (about 100 ms
-/// each); past it the client's socket is not read, so TCP holds it back.
-const AUDIO_QUEUE: usize = 8;
 /// Who a WebSocket client is in the registry: remote, no uid (see the
 /// module docs).
 const REMOTE_PEER: Peer = Peer {
@@ -247,44 +250,36 @@ async fn run_client(
     let prepared = resolve::session(&session_args(&start), Origin::Client)
         .map_err(Refusal::Error)
         .and_then(|request| launch::prepare(shared, launch_client, &request));
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            client.fail(&refusal_error(&refusal)).await;
+            return;
+        }
+    };
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let admitted = match prepared {
-        Ok(prepared) => prepared.admit(&events_tx).await,
-        Err(refusal) => Err(refusal),
+    // Owns the events' sender until the session takes it.
+    let admission = async move {
+        let admitted = prepared.admit(&events_tx).await?;
+        Ok((admitted, events_tx))
     };
-    let admitted = match admitted {
-        Ok(admitted) => admitted,
-        Err(Refusal::Error(err)) => {
-            client.fail(&api_error(&err)).await;
-            return;
-        }
-        Err(Refusal::Stopping) => {
-            client
-                .fail(&ApiError::with_code(
-                    503,
-                    "The server is shutting down. Please restart the request.",
-                ))
-                .await;
-            return;
-        }
-    };
-    let progress = admitted.progress();
-    let frame = admitted_frame(&start);
-    let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
-    let running = admitted.spawn(client.request_id.clone(), input_rx, events_tx);
-    let relay = Relay::new(frame, timing.wall(IDLE_TIMEOUT), progress);
-    relay.run(client, running, input_tx, events_rx).await;
+    let (frame, bytes_per_second) = raw_layout(&start);
+    let relay = Relay::new(frame, bytes_per_second, timing.wall(IDLE_TIMEOUT));
+    relay.run(client, admission, events_rx).await;
 }
 
 /// Bytes in one audio frame of the start request's format (1 for
-/// containers).
-fn admitted_frame(start: &StartRequest) -> usize {
+/// containers), and in one second (`None` for containers).
+fn raw_layout(start: &StartRequest) -> (usize, Option<u64>) {
     let format = crate::audio::AudioFormat::raw(
         &start.audio_format,
         start.sample_rate.unwrap_or(1),
         start.num_channels.unwrap_or(1),
     );
-    format.bytes_per_frame().unwrap_or(1)
+    (
+        format.bytes_per_frame().unwrap_or(1),
+        format.bytes_per_second(),
+    )
 }
 
 /// Reads up to the start request, answering keepalives (allowed before it,
@@ -294,7 +289,7 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
     loop {
         let message = tokio::select! {
             () = shared.stop.cancelled() => {
-                client.fail(&ApiError::with_code(503, "The server is shutting down. Please restart the request.")).await;
+                client.fail(&refusal_error(&Refusal::Stopping)).await;
                 return Start::Gone;
             }
             () = sleep_until(deadline) => {
