@@ -363,6 +363,8 @@ async fn serve(
         started: Instant::now(),
         next_session: AtomicU64::new(0),
     });
+    let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
+    ws::warn_if_open(ws_addr, shared.ws_token().is_some());
     let tracker = TaskTracker::new();
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
@@ -381,7 +383,10 @@ async fn serve(
             _ = hangup.recv() => {
                 notifier.reloading();
                 match reload(&command_line, &shared).await {
-                    Ok(()) => info!("settings and key reloaded"),
+                    Ok(()) => {
+                        info!("settings and key reloaded");
+                        ws::warn_if_open(ws_addr, shared.ws_token().is_some());
+                    }
                     Err(err) => warn!(error = %err, "reload failed; keeping the old settings"),
                 }
                 notifier.ready(&shared.status_line());
