@@ -23,6 +23,9 @@ mod settings;
 mod unix;
 mod ws;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use ws::fuzz as ws_fuzz;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -95,6 +95,9 @@ async fn row1_header_flag_injection_is_a_usage_error_and_kills_nothing() {
         r#"{"partials":"--drain-timeout=1e300"}"#,
         r#"{"diarize":"--max-session=1e19"}"#,
         r#"{"language_hints":["en","--idle-close=1e19"]}"#,
+        // Found by the fuzzer: a format name whose last two bytes end
+        // inside a character panicked the format table.
+        r#"{"audio_format":"pcm_s1\u0393e"}"#,
     ] {
         let events = one_header(&daemon.socket, attack).await;
         let error = the_error(&events);

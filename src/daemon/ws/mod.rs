@@ -332,3 +332,29 @@ fn is_control(text: &str, kind: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some(kind))
 }
+
+/// Entry points for the fuzz targets (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use crate::config::resolve::{self, Origin};
+
+    /// A request head, routed and checked as a connection's would be.
+    pub(crate) fn http_head(bytes: &[u8]) {
+        if let Ok(Some((head, _))) = super::http::Head::parse(bytes) {
+            let local = "127.0.0.1:3001".parse().ok();
+            let _ = super::http::route(&head, false, local);
+            let _ = super::http::route(&head, true, local);
+            let _ = super::http::Upgrade::check(&head);
+        }
+    }
+
+    /// A start request, read and resolved as a client's.
+    pub(crate) fn start_request(text: &str) {
+        let Ok(map) = soniox_wire::fields::parse_object(text) else {
+            return;
+        };
+        if let Ok(start) = soniox_wire::StartRequest::read(map, &super::start::BOUNDS) {
+            let _ = resolve::session(&super::start::session_args(&start), Origin::Client);
+        }
+    }
+}
