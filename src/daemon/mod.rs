@@ -85,6 +85,14 @@ impl Shared {
         self.per_uid_limit.load(Ordering::Relaxed)
     }
 
+    /// An admitted client's bound on its first audio, in wall time.
+    fn first_audio_timeout(&self) -> Option<Duration> {
+        let settings = Self::lock(&self.settings);
+        settings
+            .first_audio_timeout
+            .map(|bound| settings.timing.wall(bound))
+    }
+
     fn header_timeout(&self) -> Duration {
         let settings = Self::lock(&self.settings);
         settings.timing.wall(settings.header_timeout)

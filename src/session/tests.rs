@@ -120,7 +120,7 @@ async fn stream(
         }
         events
     };
-    let session = run(engines, config, "test".into(), input, events_tx, stop);
+    let session = run(engines, None, config, "test".into(), input, events_tx, stop);
     // A session that waits for nothing would hang the test: virtual time
     // jumps to this bound instead.
     let (result, (), events) =

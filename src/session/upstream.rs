@@ -304,6 +304,14 @@ impl Session<'_> {
                     self.buffer.release(self.covered);
                     self.closed_upstreams_ms += upstream.processed_ms;
                     self.upstream = None;
+                    // Ended with input still open: an idle close, so the
+                    // place goes back until audio returns.
+                    if !self.input_done
+                        && let Some(lease) = self.lease.as_mut()
+                    {
+                        info!(session = %self.session_id, "idle: upstream slot given back");
+                        lease.give_back();
+                    }
                     Ok(())
                 } else {
                     self.on_failure(

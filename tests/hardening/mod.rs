@@ -600,3 +600,110 @@ async fn row10_containers_stay_within_the_unconfirmed_window() {
     child.kill().await.unwrap();
     feeder.abort();
 }
+
+/// Row 4 (medium): a client that sends a header and never any audio held
+/// its slot forever (ten of them made the daemon busy for everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row4_a_client_that_never_sends_audio_gives_its_slot_back() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let daemon = Daemon::start(
+        &emulator,
+        &["--max-upstream", "1", "--first-audio-timeout", "1"],
+    )
+    .await;
+    // A header, then silence, with the connection kept open.
+    let silent = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (silent_read, mut silent_write) = silent.into_split();
+    let mut line = pcm_header().to_string().into_bytes();
+    line.push(b'\n');
+    silent_write.write_all(&line).await.unwrap();
+    daemon
+        .wait_status("the silent client holds the slot", |s| {
+            s["upstream"]["sessions"] == 1
+        })
+        .await;
+    // An innocent client queued behind it is served once it is gone.
+    let (expected, events) = tokio::time::timeout(BOUND, innocent_client(&daemon.socket))
+        .await
+        .expect("the innocent client is served")
+        .unwrap();
+    assert_eq!(util::final_words(&events), expected);
+    let mut silent_events = String::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(
+        BOUND,
+        tokio::io::BufReader::new(silent_read).read_to_string(&mut silent_events),
+    )
+    .await
+    .expect("the silent client is closed")
+    .unwrap();
+    assert!(
+        silent_events.contains("\"type\":\"error\""),
+        "{silent_events}"
+    );
+    drop(silent_write);
+}
+
+/// Row 4 (medium), the idle rule: a client that has gone quiet gives its
+/// slot to a waiting client while its upstream session is closed, and gets
+/// one again, in turn, when its audio returns; no word of either is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row4_an_idle_client_lends_its_slot_until_its_audio_returns() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let daemon = Daemon::start(&emulator, &["--max-upstream", "1", "--idle-close", "1"]).await;
+    let words = marker::script(8, 500, 300);
+    let (first, second) = words.split_at(4);
+    let shift = |w: &marker::Word| marker::Word {
+        start_ms: w.start_ms - 2_000,
+        ..w.clone()
+    };
+    let second_part: Vec<marker::Word> = second.iter().map(shift).collect();
+    let audio_1 = marker::encode(first, 2_000, 16_000, 1);
+    let audio_2 = marker::encode(&second_part, 2_300, 16_000, 1);
+
+    let quiet = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (quiet_read, mut quiet_write) = quiet.into_split();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = tokio::io::BufReader::new(quiet_read)
+            .read_to_string(&mut text)
+            .await;
+        text
+    });
+    let mut line = pcm_header().to_string().into_bytes();
+    line.push(b'\n');
+    quiet_write.write_all(&line).await.unwrap();
+    quiet_write.write_all(&audio_1).await.unwrap();
+    daemon
+        .wait_status("the quiet client goes idle", |s| {
+            s["sessions"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|x| x["state"] == "idle"))
+        })
+        .await;
+    // Its slot serves another client meanwhile.
+    let (expected, events) = tokio::time::timeout(BOUND, innocent_client(&daemon.socket))
+        .await
+        .expect("the waiting client is served while the other is idle")
+        .unwrap();
+    assert_eq!(util::final_words(&events), expected);
+    // Audio again: it asks for the slot, gets it, and loses nothing.
+    quiet_write.write_all(&audio_2).await.unwrap();
+    quiet_write.shutdown().await.unwrap();
+    let text = tokio::time::timeout(BOUND, reader)
+        .await
+        .expect("ends")
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<String> = util::final_words(&events)
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect();
+    let want: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
+    assert_eq!(got, want, "{text}");
+    assert_eq!(events.last().unwrap()["type"], "end", "{text}");
+}
