@@ -49,6 +49,10 @@ struct ServeArgs {
     /// A valid API key; repeat for several. Default: test-key.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,
+    /// A model to accept; repeat for several. Default: stt-rt-v3 to
+    /// stt-rt-v6 and the previews.
+    #[arg(long = "model", value_name = "MODEL")]
+    models: Vec<String>,
     /// Refuse keys sent only in the start request (the 2027 behaviour).
     #[arg(long)]
     require_header_auth: bool,
@@ -208,6 +212,11 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
             EmulatorConfig::default().api_keys
         } else {
             args.keys
+        },
+        models: if args.models.is_empty() {
+            EmulatorConfig::default().models
+        } else {
+            args.models
         },
         require_header_auth: args.require_header_auth,
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),

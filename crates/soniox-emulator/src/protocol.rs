@@ -5,27 +5,36 @@
 //! request and its shape checks, the error catalogue and frame, the
 //! `audio_format` spelling rule) is `soniox-wire`'s; this module adds the
 //! checks only the real service makes: known models and languages,
-//! lengths, ranges, and v5-only fields. Messages Soniox documents are
-//! reproduced byte for byte. A few checks have no documented message
-//! (endpoint tuning ranges, v5-only fields); their messages are the
-//! emulator's own and are marked as such.
+//! lengths, ranges, and the fields only v5 and later take. Messages Soniox
+//! documents are reproduced byte for byte. A few checks have no documented
+//! message (endpoint tuning ranges, fields of later models); their messages
+//! are the emulator's own and are marked as such.
 
 use serde_json::{Map, Value};
 use soniox_wire::error::{MSG_CANNOT_CONTINUE, MSG_INTERNAL};
 use soniox_wire::{ApiError, Bounds, StartRequest};
 
-/// Models the emulator accepts.
+/// Models the emulator accepts by default (`EmulatorConfig::models`).
 pub(crate) const MODELS: &[&str] = &[
     "stt-rt-v3",
     "stt-rt-v4",
     "stt-rt-v5",
+    "stt-rt-v6",
     "stt-rt-preview",
     "stt-rt-preview-v2",
     "stt-rt-v3-preview",
 ];
 
-/// Models that accept the v5 endpoint tuning fields.
-const V5_MODELS: &[&str] = &["stt-rt-v5"];
+/// Whether `model` takes the endpoint tuning fields: `stt-rt-vN` from v5
+/// on, so that a later model added to the list by configuration takes
+/// them too (each release so far has taken every option of the one
+/// before).
+fn takes_endpoint_tuning(model: &str) -> bool {
+    model
+        .strip_prefix("stt-rt-v")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n >= 5)
+}
 
 /// ISO 639-1 codes of the languages Soniox lists as supported.
 const LANGUAGES: &[&str] = &[
@@ -164,15 +173,18 @@ const BOUNDS: Bounds = Bounds {
     channels: 1..=64,
 };
 
-/// Validates a start request (everything except authentication): its
-/// shapes as [`StartRequest::read`] checks them, then what only the real
-/// service knows.
-pub(crate) fn validate_start(map: Map<String, Value>) -> Result<StartConfig, ApiError> {
+/// Validates a start request (everything except authentication) against
+/// the `models` served: its shapes as [`StartRequest::read`] checks them,
+/// then what only the real service knows.
+pub(crate) fn validate_start(
+    map: Map<String, Value>,
+    models: &[String],
+) -> Result<StartConfig, ApiError> {
     let start = StartRequest::read(map, &BOUNDS)?;
-    if !MODELS.contains(&start.model.as_str()) {
+    if !models.contains(&start.model) {
         return Err(ApiError::invalid_model());
     }
-    let is_v5 = V5_MODELS.contains(&start.model.as_str());
+    let tunable = takes_endpoint_tuning(&start.model);
 
     let format = match (
         soniox_wire::format::raw_sample_bytes(&start.audio_format),
@@ -220,7 +232,7 @@ pub(crate) fn validate_start(map: Map<String, Value>) -> Result<StartConfig, Api
     }
     if let Some(s) = start.endpoint_sensitivity {
         // Emulator's own messages: the real ones are undocumented.
-        if !is_v5 {
+        if !tunable {
             return Err(ApiError::bad_request(
                 "Model does not support endpoint_sensitivity.",
             ));
@@ -232,7 +244,7 @@ pub(crate) fn validate_start(map: Map<String, Value>) -> Result<StartConfig, Api
         }
     }
     if let Some(level) = &start.endpoint_latency_adjustment_level {
-        if !is_v5 {
+        if !tunable {
             return Err(ApiError::bad_request(
                 "Model does not support endpoint_latency_adjustment_level.",
             ));
@@ -243,6 +255,9 @@ pub(crate) fn validate_start(map: Map<String, Value>) -> Result<StartConfig, Api
             ));
         }
     }
+    // A voice agent's own text into the session (v6 release); only its
+    // type is known.
+    soniox_wire::fields::opt_bool(&start.extra, "enable_agent_text_input")?;
     if let Some(id) = &start.client_reference_id
         && id.chars().count() > MAX_CLIENT_REFERENCE_CHARS
     {
@@ -297,7 +312,8 @@ mod tests {
     use soniox_wire::error::MSG_MISSING_FORMAT;
 
     fn check(v: Value) -> Result<StartConfig, ApiError> {
-        validate_start(v.as_object().unwrap().clone())
+        let models: Vec<String> = MODELS.iter().map(|m| (*m).to_owned()).collect();
+        validate_start(v.as_object().unwrap().clone(), &models)
     }
 
     fn base() -> Value {
@@ -422,6 +438,10 @@ mod tests {
         v3["model"] = json!("stt-rt-v3");
         assert!(msg(v3).contains("does not support"));
         assert_eq!(
+            msg(with("enable_agent_text_input", json!("yes"))),
+            "Start request is malformed."
+        );
+        assert_eq!(
             msg(with(
                 "translation",
                 json!({"type":"one_way","target_language":"xx"})
@@ -446,6 +466,37 @@ mod tests {
     }
 
     #[test]
+    fn v6_takes_every_v5_option_and_the_model_list_is_the_callers() {
+        let mut v6 = base();
+        for (key, value) in [
+            ("model", json!("stt-rt-v6")),
+            ("endpoint_sensitivity", json!(-0.25)),
+            ("endpoint_latency_adjustment_level", json!(3)),
+            ("max_endpoint_delay_ms", json!(800)),
+            ("enable_endpoint_detection", json!(true)),
+            ("enable_agent_text_input", json!(true)),
+        ] {
+            v6[key] = value;
+        }
+        assert_eq!(check(v6.clone()).unwrap().model, "stt-rt-v6");
+        let mut v7 = v6.clone();
+        v7["model"] = json!("stt-rt-v7");
+        assert_eq!(check(v7.clone()), Err(ApiError::invalid_model()));
+        let only_v7 = vec!["stt-rt-v7".to_owned()];
+        let map = |v: &Value| v.as_object().unwrap().clone();
+        assert!(
+            validate_start(map(&v7), &only_v7).is_ok(),
+            "tuning from v5 on"
+        );
+        assert_eq!(
+            validate_start(map(&v6), &only_v7),
+            Err(ApiError::invalid_model())
+        );
+        assert!(!takes_endpoint_tuning("stt-rt-v3-preview"));
+        assert!(!takes_endpoint_tuning("stt-rt-v4"));
+    }
+
+    #[test]
     fn explicit_nulls_are_accepted() {
         let mut v = base();
         for k in [
@@ -456,6 +507,7 @@ mod tests {
             "max_endpoint_delay_ms",
             "enable_speaker_diarization",
             "endpoint_sensitivity",
+            "enable_agent_text_input",
             "api_key",
         ] {
             v[k] = Value::Null;

@@ -39,6 +39,12 @@ pub struct EmulatorConfig {
     pub listen: SocketAddr,
     /// The API keys that authenticate. Default `["test-key"]`.
     pub api_keys: Vec<String>,
+    /// The models a start request may name; any other gets 400 `Invalid
+    /// model specified.` (`model_not_available`). A model named
+    /// `stt-rt-vN` from v5 on takes the endpoint tuning fields. Default:
+    /// `stt-rt-v3` to `stt-rt-v6` and the previews, so a later model is
+    /// tested by adding it here.
+    pub models: Vec<String>,
     /// The "2027" mode: refuse (401 `Missing API key.`) connections that send
     /// their key only in the start request's `api_key`. Default `false`.
     pub require_header_auth: bool,
@@ -238,6 +244,10 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_keys: vec!["test-key".to_owned()],
+            models: crate::protocol::MODELS
+                .iter()
+                .map(|m| (*m).to_owned())
+                .collect(),
             require_header_auth: false,
             idle_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(10),
@@ -356,6 +366,9 @@ pub struct SessionRecord {
     pub keepalives: u32,
     /// `{"type":"finalize"}` messages received.
     pub finalizes: u32,
+    /// Every non-empty text frame after the start request (keepalives,
+    /// finalize with its options, any other type), as received, in order.
+    pub controls: Vec<String>,
     /// Whether the end-of-audio empty frame arrived.
     pub ended_audio: bool,
     /// How the session ended, or [`Outcome::Active`].
@@ -383,6 +396,7 @@ impl SessionRecord {
             first_audio_at: None,
             keepalives: 0,
             finalizes: 0,
+            controls: Vec::new(),
             ended_audio: false,
             outcome: Outcome::Active,
             words_sent_final: Vec::new(),

@@ -393,7 +393,7 @@ impl Session {
             .get("client_reference_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let start = protocol::validate_start(map)?;
+        let start = protocol::validate_start(map, &config.models)?;
         if let Some(code) = self.shared.take_reject() {
             return Err(protocol::rejection(code));
         }
@@ -531,6 +531,7 @@ impl Session {
         rec: &mut Recognizer,
         text: &str,
     ) -> Result<(), Stop> {
+        lock(&self.slot).controls.push(text.to_owned());
         let malformed = || ApiError::bad_request("Control request is malformed.");
         let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
             self.fail(io, malformed()).await;

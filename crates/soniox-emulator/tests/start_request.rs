@@ -1,5 +1,6 @@
 //! The start request and the control messages: every validation error,
-//! keepalives before the start, explicit nulls, bad control requests.
+//! keepalives before the start, explicit nulls, bad control requests, the
+//! models served and the control messages recorded.
 
 mod common;
 
@@ -11,7 +12,8 @@ use soniox_wire::error::MSG_MISSING_FORMAT;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{
-    Auth, KEY, connect, emulator, expect_error, send_text, start_request, started, transcribe,
+    Auth, KEY, connect, emulator, expect_error, send_text, start_request, started, started_with,
+    transcribe,
 };
 
 #[tokio::test]
@@ -143,5 +145,43 @@ async fn control_errors() {
         send_text(&mut ws, control).await;
         expect_error(&mut ws, 400, message).await;
     }
+    emu.shutdown().await;
+}
+
+/// v6 is served by default with every v5 option; a configured model list
+/// replaces the default; the control messages are recorded as sent.
+#[tokio::test]
+async fn models_are_configurable_and_controls_recorded() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let v6 = json!({
+        "model": "stt-rt-v6",
+        "enable_endpoint_detection": true,
+        "endpoint_sensitivity": 0.5,
+        "endpoint_latency_adjustment_level": 2,
+        "enable_agent_text_input": true,
+    });
+    let mut ws = started_with(&emu, Auth::Header(KEY), v6.clone()).await;
+    let finalize = r#"{"type":"finalize","trailing_silence_ms":300}"#;
+    send_text(&mut ws, r#"{"type":"keepalive"}"#).await;
+    send_text(&mut ws, finalize).await;
+    transcribe(&mut ws, &marker::script(1, 300, 100), 600).await;
+    let record = emu.session(0).unwrap();
+    assert_eq!(record.start_request.unwrap()["model"], "stt-rt-v6");
+    assert_eq!(record.controls, [r#"{"type":"keepalive"}"#, finalize]);
+    let mut v7 = v6.clone();
+    v7["model"] = json!("stt-rt-v7");
+    let mut ws = started_with(&emu, Auth::Header(KEY), v7.clone()).await;
+    expect_error(&mut ws, 400, "Invalid model specified.").await;
+    emu.shutdown().await;
+
+    let emu = emulator(EmulatorConfig {
+        models: vec!["stt-rt-v7".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut ws = started_with(&emu, Auth::Header(KEY), v7).await;
+    transcribe(&mut ws, &marker::script(1, 300, 100), 600).await;
+    let mut ws = started_with(&emu, Auth::Header(KEY), v6).await;
+    expect_error(&mut ws, 400, "Invalid model specified.").await;
     emu.shutdown().await;
 }
