@@ -6,7 +6,7 @@
 //! and fields they do not know: new ones may be added.
 //!
 //! ```json
-//! {"type":"start","session_id":"5f0c…","model":"stt-rt-v5","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1}
+//! {"type":"start","session_id":"5f0c…","model":"stt-rt-v6","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1}
 //! {"type":"token","text":" Hello","start_ms":600,"end_ms":760,"confidence":0.97,"is_final":true}
 //! {"type":"partial","text":" are you","tokens":[{"text":" are","start_ms":900,"end_ms":1020,"confidence":0.8,"is_final":false}, …]}
 //! {"type":"endpoint","end_ms":1500}

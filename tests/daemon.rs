@@ -457,7 +457,10 @@ async fn the_filter_streams_through_the_daemon() {
     command
         .arg("--connect")
         .arg(&daemon.socket)
-        .args(["--partials", "--language-hints", "en"]);
+        .args(["--partials", "--language-hints", "en"])
+        .args(["--endpoint-sensitivity", "0.25"])
+        .args(["--endpoint-latency-adjustment-level", "1"])
+        .args(["--start-field", "enable_agent_text_input=false"]);
     let out = util::run(command, audio.clone()).await;
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
     assert_eq!(out.final_words(), util::expected(&words));
@@ -467,6 +470,10 @@ async fn the_filter_streams_through_the_daemon() {
     );
     let start = emulator.sessions()[0].start_request.clone().unwrap();
     assert_eq!(start["language_hints"], json!(["en"]));
+    // The header's keys for the endpoint tuning and the start fields.
+    assert_eq!(start["endpoint_sensitivity"], 0.25);
+    assert_eq!(start["endpoint_latency_adjustment_level"], 1);
+    assert_eq!(start["enable_agent_text_input"], false);
     // STTPIPE_SOCKET works as --connect does, and --format text too.
     let mut command = util::sttpipe(None, None);
     command

@@ -222,6 +222,66 @@ async fn key_from_file_and_credentials() {
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
 }
 
+/// The default model is stt-rt-v6; the endpoint tuning flags and the start
+/// fields reach the start request as given; a start field sttpipe sets
+/// itself is a usage error that names the flag to use, before connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v6_endpoint_tuning_and_start_fields_reach_the_start_request() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
+    command.args([
+        "--endpoint-detection",
+        "--endpoint-sensitivity",
+        "-0.5",
+        "--endpoint-latency-adjustment-level",
+        "3",
+        "--start-field",
+        "enable_agent_text_input=true",
+        "--start-field",
+        r#"future_option={"depth":[1,"two"]}"#,
+    ]);
+    let out = util::run(command, util::marker_audio(1, 400, 1_000).1).await;
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let start = emulator.sessions()[0]
+        .start_request
+        .clone()
+        .expect("start request");
+    assert_eq!(
+        start,
+        json!({
+            "model": "stt-rt-v6",
+            "audio_format": "pcm_s16le",
+            "sample_rate": 16000,
+            "num_channels": 1,
+            "enable_endpoint_detection": true,
+            "endpoint_sensitivity": -0.5,
+            "endpoint_latency_adjustment_level": 3,
+            "enable_agent_text_input": true,
+            "future_option": {"depth": [1, "two"]},
+        })
+    );
+    assert_eq!(out.of_type("start")[0]["model"], "stt-rt-v6");
+
+    for (field, names) in [
+        (r#"api_key="sk-1""#, "--api-key-file"),
+        ("model=\"stt-rt-v4\"", "--model"),
+        ("sample_rate=8000", "--rate"),
+        ("endpoint_sensitivity=0.1", "--endpoint-sensitivity"),
+    ] {
+        let mut command = util::sttpipe(Some(&emulator.url()), Some(KEY));
+        command.args(["--start-field", field]);
+        let out = util::run(command, util::marker_audio(1, 400, 1_000).1).await;
+        assert_eq!(out.code(), Some(64), "{field}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("sttpipe: --start-field ") && out.stderr.contains(names),
+            "{field}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("sk-1"), "the value is not echoed");
+    }
+    assert_eq!(emulator.sessions().len(), 1, "refused before connecting");
+}
+
 /// Bad flags: exit 64, one line, no panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_exit_64() {
@@ -231,6 +291,11 @@ async fn bad_flags_exit_64() {
         &["--audio-format", "avi"],
         &["--translate", "english"],
         &["--max-endpoint-delay-ms", "10"],
+        &["--endpoint-sensitivity", "2"],
+        &["--endpoint-latency-adjustment-level", "4"],
+        &["--start-field", "note=unquoted"],
+        &["--start-field", "no-value"],
+        &["--region", "mars"],
         &["--url", "http://example.com"],
         &["--format", "xml"],
         &["surplus-argument"],

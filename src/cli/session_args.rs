@@ -10,6 +10,10 @@
 //! resolved and range-checked by one function (`config::resolve`), which
 //! also knows where they came from: a value that names a local resource
 //! (`--context @FILE`) is honoured only from the command line.
+//!
+//! `--start-field KEY=JSON` is the one flag whose header form differs from
+//! a list: the fields are one object, `"start_field":{"KEY":JSON,…}`, the
+//! shape they take in the start request.
 
 use std::path::PathBuf;
 
@@ -26,7 +30,7 @@ pub(crate) const DEFAULT_RATE: u32 = 16_000;
 /// The raw input's channels when none are given.
 pub(crate) const DEFAULT_CHANNELS: u16 = 1;
 /// The Soniox model when none is given.
-pub(crate) const DEFAULT_MODEL: &str = "stt-rt-v5";
+pub(crate) const DEFAULT_MODEL: &str = "stt-rt-v6";
 
 /// A session's own options. Doc comments here are the `--help` text.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
@@ -56,7 +60,8 @@ pub(crate) struct SessionArgs {
     #[arg(long, help_heading = "Output")]
     pub(crate) partials: bool,
 
-    /// Soniox model.
+    /// Soniox model. Any name goes to Soniox, which refuses one it does not
+    /// serve.
     #[arg(
         long,
         value_name = "MODEL",
@@ -103,6 +108,20 @@ pub(crate) struct SessionArgs {
     #[arg(long, value_name = "MS", help_heading = "Recognition")]
     pub(crate) max_endpoint_delay_ms: Option<u32>,
 
+    /// How readily an endpoint is detected, from -1 (later) to 1 (sooner);
+    /// stt-rt-v5 and later.
+    #[arg(
+        long,
+        value_name = "X",
+        allow_negative_numbers = true,
+        help_heading = "Recognition"
+    )]
+    pub(crate) endpoint_sensitivity: Option<f64>,
+
+    /// Endpoint latency against accuracy, 0 to 3; stt-rt-v5 and later.
+    #[arg(long, value_name = "LEVEL", help_heading = "Recognition")]
+    pub(crate) endpoint_latency_adjustment_level: Option<u8>,
+
     /// Translate everything spoken into LANG (one-way translation).
     #[arg(
         long,
@@ -119,6 +138,18 @@ pub(crate) struct SessionArgs {
     /// An id recorded in Soniox's usage logs (at most 256 characters).
     #[arg(long, value_name = "ID", help_heading = "Recognition")]
     pub(crate) client_reference_id: Option<String>,
+
+    /// Add a field to the start request, as KEY=JSON (a string is quoted:
+    /// KEY='"text"'), for options sttpipe has no flag for; repeatable. A
+    /// field sttpipe sets itself is refused.
+    #[arg(
+        long,
+        value_name = "KEY=JSON",
+        value_parser = StartField::parse,
+        help_heading = "Recognition"
+    )]
+    #[serde(with = "start_fields")]
+    pub(crate) start_field: Vec<StartField>,
 
     /// The recognition engine: the Soniox service, or Moonshine on this
     /// machine (no key, no network; provision it with
@@ -149,9 +180,12 @@ impl Default for SessionArgs {
             language_id: false,
             endpoint_detection: false,
             max_endpoint_delay_ms: None,
+            endpoint_sensitivity: None,
+            endpoint_latency_adjustment_level: None,
             translate_to: None,
             translate: None,
             client_reference_id: None,
+            start_field: Vec::new(),
             engine: None,
             fallback: None,
         }
@@ -165,6 +199,58 @@ impl SessionArgs {
         self.audio_format != DEFAULT_AUDIO_FORMAT
             || self.rate != DEFAULT_RATE
             || self.channels != DEFAULT_CHANNELS
+    }
+}
+
+/// One `--start-field`: a start-request key and its JSON value. Which keys
+/// are allowed is resolution's check, for the header too.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StartField {
+    /// The start request's key.
+    pub(crate) key: String,
+    /// Its value, as JSON.
+    pub(crate) value: Value,
+}
+
+impl StartField {
+    /// Reads `KEY=JSON`; the value must be JSON, so a typo is a usage error
+    /// rather than a string Soniox is left to refuse.
+    pub(crate) fn parse(arg: &str) -> Result<StartField, String> {
+        let Some((key, json)) = arg.split_once('=').filter(|(key, _)| !key.is_empty()) else {
+            return Err("expected KEY=JSON, e.g. enable_agent_text_input=true".into());
+        };
+        let value = serde_json::from_str(json).map_err(|e| {
+            format!("the value of {key} is not JSON ({e}); a string is quoted: {key}='\"text\"'")
+        })?;
+        Ok(StartField {
+            key: key.to_owned(),
+            value,
+        })
+    }
+}
+
+/// `start_field` in the header: an object of the fields.
+mod start_fields {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    use super::StartField;
+
+    pub(super) fn serialize<S: Serializer>(
+        fields: &[StartField],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(fields.iter().map(|f| (&f.key, &f.value)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<StartField>, D::Error> {
+        let fields = Map::<String, Value>::deserialize(deserializer)?;
+        Ok(fields
+            .into_iter()
+            .map(|(key, value)| StartField { key, value })
+            .collect())
     }
 }
 
@@ -262,6 +348,14 @@ mod tests {
             r#"{"terms":["x"]}"#,
             "--engine",
             "local",
+            "--endpoint-sensitivity",
+            "-0.5",
+            "--endpoint-latency-adjustment-level",
+            "2",
+            "--start-field",
+            "enable_agent_text_input=true",
+            "--start-field",
+            r#"future={"a":[1]}"#,
         ])
         .unwrap()
         .session;
@@ -271,6 +365,9 @@ mod tests {
             "partials": true,
             "context": {"terms": ["x"]},
             "engine": "local",
+            "endpoint_sensitivity": -0.5,
+            "endpoint_latency_adjustment_level": 2,
+            "start_field": {"enable_agent_text_input": true, "future": {"a": [1]}},
         }))
         .unwrap();
         assert_eq!(parsed, header);
@@ -291,12 +388,31 @@ mod tests {
             json!({"engine": "whisper"}),
             json!({"drain_timeout": 1}),
             json!({"input": "/etc/passwd"}),
+            json!({"start_field": ["a=1"]}),
+            json!({"endpoint_latency_adjustment_level": 256}),
+            json!({"endpoint_sensitivity": "high"}),
         ] {
             assert!(
                 serde_json::from_value::<SessionArgs>(bad.clone()).is_err(),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn start_fields_are_key_and_json() {
+        assert_eq!(
+            StartField::parse("a=\"x=y\""),
+            Ok(StartField {
+                key: "a".into(),
+                value: json!("x=y")
+            })
+        );
+        for bad in ["a", "=1", "a=", "a=text", "a={"] {
+            assert!(StartField::parse(bad).is_err(), "{bad}");
+        }
+        let err = Only::try_parse_from(["sttpipe", "--start-field", "note=hello"]).unwrap_err();
+        assert!(err.to_string().contains("not JSON"), "{err}");
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub(crate) enum Region {
     Eu,
     /// Japan.
     Jp,
+    /// India (its host follows the others' pattern, unconfirmed; --url
+    /// overrides it).
+    In,
 }
 
 impl Region {
@@ -128,6 +131,8 @@ impl Region {
             Region::Us => "wss://stt-rt.soniox.com/transcribe-websocket",
             Region::Eu => "wss://stt-rt.eu.soniox.com/transcribe-websocket",
             Region::Jp => "wss://stt-rt.jp.soniox.com/transcribe-websocket",
+            // Not confirmed by Soniox: the pattern of the other regions.
+            Region::In => "wss://stt-rt.in.soniox.com/transcribe-websocket",
         }
     }
 }
@@ -195,6 +200,8 @@ mod tests {
     #[test]
     fn value_names_match_the_command_line() {
         assert_eq!(Region::Eu.to_string(), "eu");
+        assert_eq!(Region::In.to_string(), "in");
+        assert_eq!(serde_json::to_string(&Region::In).unwrap(), "\"in\"");
         assert_eq!(LocalModel::BaseEn.to_string(), "base-en");
         assert_eq!(
             serde_json::to_string(&LocalModel::BaseEn).unwrap(),

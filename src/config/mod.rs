@@ -50,10 +50,18 @@ pub(crate) struct RecognitionOptions {
     pub(crate) endpoint_detection: bool,
     /// Longest endpoint delay, ms.
     pub(crate) max_endpoint_delay_ms: Option<u32>,
+    /// Endpoint tuning, −1 to 1.
+    pub(crate) endpoint_sensitivity: Option<f64>,
+    /// Endpoint latency level, 0 to 3.
+    pub(crate) endpoint_latency_adjustment_level: Option<u8>,
     /// Translation, if any.
     pub(crate) translation: Option<Translation>,
     /// Usage-log id.
     pub(crate) client_reference_id: Option<String>,
+    /// Start-request fields sttpipe does not name, sent as given
+    /// (`--start-field`, a WebSocket client's newer options); never one of
+    /// the fields above, nor the key.
+    pub(crate) start_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An API key. Its `Debug` is redacted so it cannot reach a log by

@@ -7,17 +7,23 @@
 //! the command line may name a local file (`--context @FILE`); a client
 //! that does gets the same refusal whether or not the file exists, and
 //! nothing is opened.
+//!
+//! Start fields (`--start-field`, a WebSocket client's fields sttpipe does
+//! not name) go to Soniox as given, except the key and the fields sttpipe
+//! writes itself: those are refused with the flag that sets them, so the
+//! written request never holds a key twice.
 
 use std::io::Read;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{
     EngineRequest, FilterConfig, LocalEngineConfig, RecognitionOptions, ServiceConfig,
     SessionConfig, SessionLimits, SessionRequest, Target, Timing, Translation, load_api_key,
 };
 use crate::audio::{self, AudioFormat};
+use crate::cli::session_args::StartField;
 use crate::cli::values::{EngineChoice, FallbackChoice, OutputFormat, Region};
 use crate::cli::{ContextArg, LocalEngineArgs, Opts, ReliabilityArgs, SessionArgs};
 use crate::error::{Error, Result};
@@ -172,6 +178,21 @@ fn recognition(args: &SessionArgs, origin: Origin) -> Result<RecognitionOptions>
         }
         (None, None) => None,
     };
+    if let Some(x) = args.endpoint_sensitivity
+        && !(-1.0..=1.0).contains(&x)
+    {
+        return Err(Error::Usage(format!(
+            "--endpoint-sensitivity {x} is out of range (-1 to 1)"
+        )));
+    }
+    if args
+        .endpoint_latency_adjustment_level
+        .is_some_and(|l| l > 3)
+    {
+        return Err(Error::Usage(
+            "--endpoint-latency-adjustment-level must be 0, 1, 2 or 3".into(),
+        ));
+    }
     if let Some(id) = &args.client_reference_id
         && id.chars().count() > MAX_CLIENT_REFERENCE_CHARS
     {
@@ -192,8 +213,58 @@ fn recognition(args: &SessionArgs, origin: Origin) -> Result<RecognitionOptions>
         language_id: args.language_id,
         endpoint_detection: args.endpoint_detection || args.max_endpoint_delay_ms.is_some(),
         max_endpoint_delay_ms: args.max_endpoint_delay_ms,
+        endpoint_sensitivity: args.endpoint_sensitivity,
+        endpoint_latency_adjustment_level: args.endpoint_latency_adjustment_level,
         translation,
         client_reference_id: args.client_reference_id.clone(),
+        start_fields: start_fields(&args.start_field)?,
+    })
+}
+
+/// The start fields as one object: each key once, none that sttpipe
+/// writes itself.
+fn start_fields(fields: &[StartField]) -> Result<Map<String, Value>> {
+    let mut map = Map::new();
+    for StartField { key, value } in fields {
+        let named = soniox_wire::start::NAMED_FIELDS.contains(&key.as_str());
+        if let Some(why) = refusal(key).or(named.then_some("sttpipe sets this field itself")) {
+            return Err(Error::Usage(format!("--start-field {key}: {why}")));
+        }
+        if map.insert(key.clone(), value.clone()).is_some() {
+            return Err(Error::Usage(format!("--start-field {key} is given twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// Why a start field may not have this name, with the flag that sets the
+/// field instead; `None` for a field left to the user.
+fn refusal(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "api_key" => {
+            "the key never goes in the start request, only in the connection's Authorization header (SONIOX_API_KEY, --api-key-file)"
+        }
+        "model" => "sttpipe sets this field itself; use --model",
+        "audio_format" => "sttpipe sets this field itself; use --audio-format",
+        "sample_rate" => "sttpipe sets this field itself; use --rate",
+        "num_channels" => "sttpipe sets this field itself; use --channels",
+        "language_hints" => "sttpipe sets this field itself; use --language-hints",
+        "language_hints_strict" => "sttpipe sets this field itself; use --language-hints-strict",
+        "context" => "sttpipe sets this field itself; use --context",
+        "enable_speaker_diarization" => "sttpipe sets this field itself; use --diarize",
+        "enable_language_identification" => "sttpipe sets this field itself; use --language-id",
+        "enable_endpoint_detection" => "sttpipe sets this field itself; use --endpoint-detection",
+        "max_endpoint_delay_ms" => "sttpipe sets this field itself; use --max-endpoint-delay-ms",
+        "endpoint_sensitivity" => "sttpipe sets this field itself; use --endpoint-sensitivity",
+        "endpoint_latency_adjustment_level" => {
+            "sttpipe sets this field itself; use --endpoint-latency-adjustment-level"
+        }
+        "translation" => "sttpipe sets this field itself; use --translate or --translate-to",
+        "client_reference_id" => "sttpipe sets this field itself; use --client-reference-id",
+        "enable_non_final_tokens" => {
+            "sttpipe always reads the non-final tokens; --partials decides whether they are output"
+        }
+        _ => return None,
     })
 }
 
@@ -394,9 +465,78 @@ mod tests {
             &["--idle-close", "1e19"],
             &["--max-session", "2"],
             &["--replay-buffer", "1"],
+            &["--endpoint-sensitivity", "1.5"],
+            &["--endpoint-sensitivity", "NaN"],
+            &["--endpoint-latency-adjustment-level", "4"],
+            &["--start-field", "a=1", "--start-field", "a=2"],
         ] {
             assert!(matches!(parse(args), Err(Error::Usage(_))), "{args:?}");
         }
+    }
+
+    #[test]
+    fn endpoint_tuning_and_start_fields_resolve() {
+        let config = parse(&[
+            "--endpoint-sensitivity",
+            "-0.25",
+            "--endpoint-latency-adjustment-level",
+            "3",
+            "--start-field",
+            "enable_agent_text_input=true",
+            "--start-field",
+            "future={\"a\":1}",
+            "--region",
+            "in",
+        ])
+        .unwrap();
+        let r = &config.session.recognition;
+        assert_eq!(r.endpoint_sensitivity, Some(-0.25));
+        assert_eq!(r.endpoint_latency_adjustment_level, Some(3));
+        assert!(
+            !r.endpoint_detection,
+            "tuning alone does not turn detection on"
+        );
+        assert_eq!(
+            serde_json::Value::Object(r.start_fields.clone()),
+            serde_json::json!({"enable_agent_text_input": true, "future": {"a": 1}})
+        );
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert_eq!(
+            service.url,
+            "wss://stt-rt.in.soniox.com/transcribe-websocket"
+        );
+    }
+
+    #[test]
+    fn start_fields_sttpipe_writes_are_refused_with_their_flag() {
+        let refused = |key: &str| match parse(&["--start-field", &format!("{key}=1")]) {
+            Err(Error::Usage(message)) => message,
+            other => panic!("{key}: {other:?}"),
+        };
+        for key in soniox_wire::start::NAMED_FIELDS {
+            let message = refused(key);
+            assert!(refusal(key).is_some(), "{key} has no reason given");
+            assert!(
+                message.starts_with(&format!("--start-field {key}: ")),
+                "{message}"
+            );
+        }
+        assert!(refused("api_key").contains("--api-key-file"));
+        assert!(refused("sample_rate").contains("--rate"));
+        // The header is refused alike.
+        let header = SessionArgs {
+            start_field: vec![StartField {
+                key: "model".into(),
+                value: Value::from("stt-rt-v4"),
+            }],
+            ..SessionArgs::default()
+        };
+        assert!(matches!(
+            session(&header, Origin::Client),
+            Err(Error::Usage(message)) if message.contains("--model")
+        ));
     }
 
     #[test]

@@ -342,7 +342,8 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig>
 }
 
 /// The start request: the first message of a session. Unset options are
-/// left out, as the official SDKs do.
+/// left out, as the official SDKs do; the start fields go in as given
+/// (resolution has kept out every field written here).
 pub(crate) fn start_request(recognition: &RecognitionOptions, audio: &AudioFormat) -> StartRequest {
     let on = |flag: bool| flag.then_some(true);
     StartRequest {
@@ -358,9 +359,14 @@ pub(crate) fn start_request(recognition: &RecognitionOptions, audio: &AudioForma
         enable_language_identification: on(recognition.language_id),
         enable_endpoint_detection: on(recognition.endpoint_detection),
         max_endpoint_delay_ms: recognition.max_endpoint_delay_ms.map(u64::from),
+        endpoint_sensitivity: recognition.endpoint_sensitivity,
+        endpoint_latency_adjustment_level: recognition
+            .endpoint_latency_adjustment_level
+            .map(serde_json::Number::from),
         translation: recognition.translation.clone(),
         client_reference_id: recognition.client_reference_id.clone(),
-        ..StartRequest::default()
+        enable_non_final_tokens: None,
+        extra: recognition.start_fields.clone(),
     }
 }
 
@@ -554,6 +560,25 @@ mod tests {
         );
         let mp3 = start_request(&recognition, &AudioFormat::container("mp3")).to_json();
         assert_eq!(mp3, r#"{"model":"stt-rt-v5","audio_format":"mp3"}"#);
+    }
+
+    #[test]
+    fn start_request_carries_endpoint_tuning_and_start_fields() {
+        let recognition = RecognitionOptions {
+            model: "stt-rt-v6".into(),
+            endpoint_sensitivity: Some(0.5),
+            endpoint_latency_adjustment_level: Some(2),
+            start_fields: serde_json::Map::from_iter([(
+                "enable_agent_text_input".to_owned(),
+                serde_json::Value::Bool(true),
+            )]),
+            ..Default::default()
+        };
+        let start = start_request(&recognition, &AudioFormat::container("ogg")).to_json();
+        assert_eq!(
+            start,
+            r#"{"model":"stt-rt-v6","audio_format":"ogg","endpoint_sensitivity":0.5,"endpoint_latency_adjustment_level":2,"enable_agent_text_input":true}"#
+        );
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub struct StartRequest {
     pub extra: Map<String, Value>,
 }
 
-/// The fields [`StartRequest`] names; the rest go to `extra`.
-const NAMED_FIELDS: &[&str] = &[
+/// The fields [`StartRequest`] names; the rest go to `extra`, which must
+/// hold none of these (the written request would have the key twice).
+pub const NAMED_FIELDS: &[&str] = &[
     "api_key",
     "model",
     "audio_format",

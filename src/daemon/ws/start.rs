@@ -110,9 +110,12 @@ pub(super) fn session_args(start: &StartRequest) -> SessionArgs {
         max_endpoint_delay_ms: start
             .max_endpoint_delay_ms
             .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        endpoint_sensitivity: None,
+        endpoint_latency_adjustment_level: None,
         translate_to,
         translate,
         client_reference_id: start.client_reference_id.clone(),
+        start_field: Vec::new(),
         engine: None,
         fallback: None,
     }
