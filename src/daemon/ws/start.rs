@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use soniox_wire::{ApiError, Bounds, StartRequest, Translation};
 
+use crate::cli::session_args::StartField;
 use crate::cli::{ContextArg, SessionArgs};
 use crate::config::resolve;
 use crate::daemon::launch::Refusal;
@@ -77,6 +78,15 @@ pub(super) const BOUNDS: Bounds = Bounds {
 /// filter's flags and the socket header, resolved by the same function. A
 /// Soniox client wants the non-final tokens unless it opted out, and knows
 /// nothing of engines (the daemon's own serve).
+///
+/// Every field goes upstream as the client sent it, the ones sttpipe does
+/// not name as start fields, except what the daemon owns: `api_key` (the
+/// daemon's own key authenticates upstream, in the header) and
+/// `enable_non_final_tokens` (the session core always reads the non-final
+/// tokens: containers are paced by the progress they bring; the client's
+/// value decides only whether it is sent them). A value the daemon checks
+/// and cannot hold (a level that is not a small whole number) becomes one
+/// that resolution refuses.
 pub(super) fn session_args(start: &StartRequest) -> SessionArgs {
     let defaults = SessionArgs::default();
     let (translate_to, translate) = match &start.translation {
@@ -110,12 +120,25 @@ pub(super) fn session_args(start: &StartRequest) -> SessionArgs {
         max_endpoint_delay_ms: start
             .max_endpoint_delay_ms
             .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
-        endpoint_sensitivity: None,
-        endpoint_latency_adjustment_level: None,
+        endpoint_sensitivity: start.endpoint_sensitivity,
+        endpoint_latency_adjustment_level: start.endpoint_latency_adjustment_level.as_ref().map(
+            |level| {
+                soniox_wire::fields::whole(level)
+                    .and_then(|l| u8::try_from(l).ok())
+                    .unwrap_or(u8::MAX)
+            },
+        ),
         translate_to,
         translate,
         client_reference_id: start.client_reference_id.clone(),
-        start_field: Vec::new(),
+        start_field: start
+            .extra
+            .iter()
+            .map(|(key, value)| StartField {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
         engine: None,
         fallback: None,
     }
@@ -201,6 +224,39 @@ mod tests {
             start(json!({"model": "m", "audio_format": "auto", "enable_non_final_tokens": false}))
                 .unwrap();
         assert!(!legacy.partials);
+    }
+
+    #[test]
+    fn every_field_but_the_key_goes_upstream_as_sent() {
+        let sent = json!({
+            "model": "stt-rt-v6",
+            "audio_format": "pcm_s16le",
+            "sample_rate": 16000,
+            "num_channels": 1,
+            "enable_endpoint_detection": true,
+            "endpoint_sensitivity": -0.75,
+            "endpoint_latency_adjustment_level": 3,
+            "enable_agent_text_input": true,
+            "future_option": {"nested": [1, null, "x"]},
+        });
+        let mut with_key = sent.clone();
+        with_key["api_key"] = json!("client-key");
+        with_key["enable_non_final_tokens"] = json!(true);
+        let (_, request) = start(with_key).unwrap();
+        let upstream =
+            crate::engine::soniox::start_request(&request.recognition, &request.audio).to_json();
+        assert_eq!(serde_json::from_str::<Value>(&upstream).unwrap(), sent);
+        for bad in [json!(1.5), json!(4), json!(-1), json!(1e10)] {
+            let mut v = sent.clone();
+            v["endpoint_latency_adjustment_level"] = bad.clone();
+            assert!(
+                message(v).contains("--endpoint-latency-adjustment-level"),
+                "{bad}"
+            );
+        }
+        let mut v = sent.clone();
+        v["endpoint_sensitivity"] = json!(2);
+        assert!(message(v).contains("out of range"));
     }
 
     #[test]
