@@ -84,9 +84,10 @@ pub(crate) async fn run(
                                 break;
                             }
                         }
-                        // The socket protocol carries audio only.
-                        Some(SessionInput::Finalize) => {
-                            debug!("finalize is not passed to the daemon")
+                        // The socket protocol carries audio only (and the
+                        // filter's input has no control messages).
+                        Some(SessionInput::Finalize | SessionInput::Control(_)) => {
+                            debug!("a finalize is not passed to the daemon")
                         }
                         Some(SessionInput::Failed(err)) => {
                             failure = Some(err);

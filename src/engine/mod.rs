@@ -2,7 +2,8 @@
 //! bounded channels.
 //!
 //! [`Engine::open`] starts an upstream session and returns an [`EngineLink`]:
-//! the session core sends [`EngineCommand`]s (audio, finalize, end of audio)
+//! the session core sends [`EngineCommand`]s (audio, finalize, a client's
+//! control message, end of audio)
 //! and receives [`EngineEvent`]s (tokens and progress, finished, failure).
 //! Each engine runs its own task behind the link, so the session core never
 //! sees a socket, and engine-specific chores (Soniox's keepalives) stay in
@@ -42,8 +43,35 @@ pub(crate) enum EngineCommand {
     Audio(Bytes),
     /// Make everything sent so far final (`<fin>` follows).
     Finalize,
+    /// A Soniox client's control message, in order with the audio: sent on
+    /// as it came by the Soniox engine; the local engine acts on a
+    /// finalize and ignores the rest.
+    Control(Control),
     /// No more audio: finish, send the last finals, then [`EngineEvent::Finished`].
     EndOfAudio,
+}
+
+/// A control message a Soniox client sent after its start request
+/// (`finalize` with its options, `keepalive`, or a type sttpipe does not
+/// know), kept as it came so that options sttpipe does not read still
+/// reach the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Control {
+    /// The message's JSON text, unchanged.
+    pub(crate) text: String,
+    /// Its type, as far as sttpipe acts on it.
+    pub(crate) kind: ControlKind,
+}
+
+/// The types of control message sttpipe acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlKind {
+    /// `finalize`: everything so far becomes final (`<fin>` follows).
+    Finalize,
+    /// `keepalive`: means nothing without an upstream session.
+    Keepalive,
+    /// Any other type: for the service to interpret.
+    Other,
 }
 
 /// One update from the engine: Soniox's response shape.

@@ -30,7 +30,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update};
+use super::{
+    COMMAND_QUEUE, ControlKind, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, Update,
+};
 use crate::audio::AudioFormat;
 use crate::error::{Error, Result};
 use crate::event::Token;
@@ -72,6 +74,8 @@ pub(crate) struct Received {
     pub(crate) began_mid_word: bool,
     /// Finalize commands.
     pub(crate) finalizes: u32,
+    /// Control messages, each with the audio (ms) received before it.
+    pub(crate) controls: Vec<(u64, String)>,
     /// Whether the end of audio came.
     pub(crate) ended: bool,
 }
@@ -292,6 +296,14 @@ impl ScriptedUpstream {
                 EngineCommand::Finalize => {
                     self.record(|received| received.finalizes += 1);
                     EngineEvent::Update(self.recogniser.finalize())
+                }
+                EngineCommand::Control(control) => {
+                    let heard_ms = self.recogniser.heard_ms();
+                    self.record(|received| received.controls.push((heard_ms, control.text)));
+                    match control.kind {
+                        ControlKind::Finalize => EngineEvent::Update(self.recogniser.finalize()),
+                        ControlKind::Keepalive | ControlKind::Other => continue,
+                    }
                 }
                 EngineCommand::EndOfAudio => {
                     self.record(|received| received.ended = true);

@@ -3,9 +3,10 @@
 //! One upstream session is one WebSocket connection: the key travels in an
 //! `Authorization: Bearer` header, the first message is the JSON start
 //! request, audio goes in binary frames, `{"type":"keepalive"}` goes out
-//! after [`KEEPALIVE_AFTER`] without audio, and an empty text frame ends the
-//! audio; the connection is read until `finished` so that the finals that
-//! arrive after the end of audio are never dropped. Error frames become
+//! after [`KEEPALIVE_AFTER`] without audio, a client's control messages go
+//! out as the client sent them, and an empty text frame ends the audio; the
+//! connection is read until `finished` so that the finals that arrive after
+//! the end of audio are never dropped. Error frames become
 //! [`Error::Service`].
 
 use std::collections::VecDeque;
@@ -445,6 +446,7 @@ async fn drive(
                     Message::Binary(bytes)
                 }
                 Some(EngineCommand::Finalize) => Message::text(r#"{"type":"finalize"}"#),
+                Some(EngineCommand::Control(control)) => Message::text(control.text),
                 Some(EngineCommand::EndOfAudio) => {
                     audio_ended = true;
                     Message::text("")

@@ -39,6 +39,7 @@
 //! so the front end only maps them to its exit status. If the event receiver
 //! goes away (a closed stdout), the session ends quietly.
 
+mod controls;
 mod lease;
 mod recovery;
 #[cfg(test)]
@@ -56,13 +57,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::SessionConfig;
-use crate::engine::{Engine, SessionEngines};
+use crate::engine::{Control, Engine, SessionEngines};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::pacer::{Pacer, Release};
 use crate::replay::ReplayBuffer;
 use crate::timer::LazyTimer;
 
+use controls::Controls;
 pub(crate) use lease::{Lease, Retake};
 use recovery::Outage;
 use timeline::{Frames, Timeline};
@@ -85,6 +87,9 @@ pub(crate) enum SessionInput {
     Audio(Bytes),
     /// Make everything so far final now (a FIFO writer closed, SIGUSR1).
     Finalize,
+    /// A Soniox client's control message: it goes upstream after the audio
+    /// fed before it ([`controls`]).
+    Control(Control),
     /// Reading the input failed: the audio so far is finished as at the end
     /// of input, then the session fails with this error.
     Failed(Error),
@@ -210,6 +215,8 @@ struct Session<'a> {
     retry_at: Option<Instant>,
     /// A finalize is due once this much audio went to the upstream session.
     finalize_at: Option<u64>,
+    /// A client's control messages not yet sent upstream.
+    controls: Controls,
     /// No rotation attempt before this (after one failed).
     rotation_not_before: Option<Instant>,
     upstreams_opened: u32,
@@ -261,6 +268,7 @@ impl<'a> Session<'a> {
             outage: None,
             retry_at: None,
             finalize_at: None,
+            controls: Controls::default(),
             rotation_not_before: None,
             upstreams_opened: 0,
             reached: false,
@@ -426,6 +434,10 @@ impl<'a> Session<'a> {
                         if self.buffer.end() > self.covered {
                             self.finalize_at = Some(self.buffer.end());
                         }
+                    }
+                    Some(SessionInput::Control(control)) => {
+                        let streaming = self.upstream.as_ref().is_some_and(Upstream::streaming);
+                        self.controls.push(self.buffer.end(), control, streaming);
                     }
                     Some(SessionInput::Failed(err)) => {
                         input_failure = Some(err);

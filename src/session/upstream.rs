@@ -100,6 +100,11 @@ impl Upstream {
         }
     }
 
+    /// Whether it takes audio and control messages.
+    pub(super) fn streaming(&self) -> bool {
+        self.phase == Phase::Streaming
+    }
+
     /// Whether the end of audio was asked for, or already sent.
     fn end_requested(&self) -> bool {
         self.phase != Phase::Streaming
@@ -147,7 +152,11 @@ impl Session<'_> {
             return false;
         };
         match upstream.phase {
-            Phase::Streaming => upstream.sent < self.buffer.end() || self.finalize_at.is_some(),
+            Phase::Streaming => {
+                upstream.sent < self.buffer.end()
+                    || self.finalize_at.is_some()
+                    || !self.controls.is_empty()
+            }
             Phase::EndRequested => true,
             Phase::Finishing => false,
         }
@@ -239,8 +248,8 @@ impl Session<'_> {
         debug!(session = %self.session_id, upstream = self.upstreams_opened, base_ms, "upstream session open");
         self.ensure_started().await
     }
-    /// Sends the next due command: a finalize that is due, else audio, else
-    /// the end of audio.
+    /// Sends the next due command: a finalize that is due, else a control
+    /// message that is, else audio, else the end of audio.
     pub(super) async fn send_next(
         &mut self,
         permit: mpsc::OwnedPermit<EngineCommand>,
@@ -256,6 +265,10 @@ impl Session<'_> {
         {
             self.finalize_at = None;
             permit.send(EngineCommand::Finalize);
+            return Ok(());
+        }
+        if let Some(control) = self.controls.due(upstream.sent) {
+            permit.send(EngineCommand::Control(control));
             return Ok(());
         }
         if upstream.sent < self.buffer.start() {

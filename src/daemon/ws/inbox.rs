@@ -1,5 +1,5 @@
 //! What a client sent that its session has not taken yet: audio in whole
-//! frames and finalize requests, in the order they came, and whether the
+//! frames and control messages, in the order they came, and whether the
 //! client has ended its audio.
 //!
 //! The relay reads the client into the inbox as long as it has room, also
@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 use tracing::debug;
 
+use crate::engine::Control;
 use crate::session::SessionInput;
 
 /// Audio held for a client, in seconds of its format: enough for a wait in
@@ -104,13 +105,13 @@ impl Inbox {
         true
     }
 
-    /// Holds a finalize request, after the audio before it. Returns `false`,
-    /// holding nothing, once the audio has ended.
-    pub(super) fn finalize(&mut self) -> bool {
+    /// Holds a control message, after the audio before it. Returns
+    /// `false`, holding nothing, once the audio has ended.
+    pub(super) fn control(&mut self, control: Control) -> bool {
         if self.closed {
             return false;
         }
-        self.held.push_back(SessionInput::Finalize);
+        self.held.push_back(SessionInput::Control(control));
         true
     }
 
@@ -149,6 +150,13 @@ impl Inbox {
 mod tests {
     use super::*;
 
+    fn finalize() -> Control {
+        Control {
+            text: r#"{"type":"finalize"}"#.into(),
+            kind: crate::engine::ControlKind::Finalize,
+        }
+    }
+
     fn audio_of(message: Option<SessionInput>) -> Vec<u8> {
         match message {
             Some(SessionInput::Audio(chunk)) => chunk.to_vec(),
@@ -157,21 +165,21 @@ mod tests {
     }
 
     #[test]
-    fn whole_frames_in_order_with_finalize_between() {
+    fn whole_frames_in_order_with_a_control_message_between() {
         let mut inbox = Inbox::new(4, Some(64_000));
         assert!(inbox.audio(&Bytes::from_static(b"abcdef")));
-        assert!(inbox.finalize());
+        assert!(inbox.control(finalize()));
         assert!(inbox.audio(&Bytes::from_static(b"gh")));
         assert!(inbox.audio(&Bytes::from_static(b"ijklm")));
         assert_eq!(audio_of(inbox.pop()), b"abcd");
-        assert!(matches!(inbox.pop(), Some(SessionInput::Finalize)));
+        assert!(matches!(inbox.pop(), Some(SessionInput::Control(c)) if c == finalize()));
         assert_eq!(audio_of(inbox.pop()), b"efgh");
         assert_eq!(audio_of(inbox.pop()), b"ijkl");
         assert!(inbox.pop().is_none() && inbox.is_empty());
         inbox.end();
         assert!(inbox.is_closed());
         assert!(!inbox.audio(&Bytes::from_static(b"nope")), "after the end");
-        assert!(!inbox.finalize());
+        assert!(!inbox.control(finalize()));
         assert!(inbox.is_empty(), "the partial frame is dropped");
     }
 
@@ -189,7 +197,7 @@ mod tests {
         assert_eq!(containers.max_bytes as u64, MAX_HELD_BYTES);
         for _ in 0..MAX_HELD_MESSAGES {
             assert!(containers.has_room());
-            containers.finalize();
+            containers.control(finalize());
         }
         assert!(!containers.has_room(), "tiny messages are bounded too");
         let fast = Inbox::new(8, Some(48_000 * 8));

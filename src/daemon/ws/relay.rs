@@ -2,8 +2,9 @@
 //! start request on. While the client waits in the queue it is read into
 //! its [`Inbox`] (so its pings are answered), and its leaving gives up its
 //! place. Once the session runs: audio in whole frames and control
-//! messages into the session through the inbox (the client is held back
-//! when it is full, so TCP slows it), the session's events out as Soniox
+//! messages (as sent, every type: the service judges them) into the
+//! session through the inbox (the client is held back when it is full, so
+//! TCP slows it), the session's events out as Soniox
 //! responses, the idle rule, and how a session's end, failure or refusal,
 //! or a client's leaving ends the connection, also when the client left
 //! while held back, with what it sent before still unread.
@@ -26,6 +27,7 @@ use super::start::{api_error, refusal_error};
 use super::transcript::{Terminal, Transcript};
 use crate::daemon::launch::{Admitted, Refusal, Running};
 use crate::daemon::registry::{Progress, State};
+use crate::engine::{Control, ControlKind};
 use crate::event::Event;
 use crate::session::{SessionInput, Summary};
 use crate::timer::LazyTimer;
@@ -40,30 +42,34 @@ const AUDIO_QUEUE: usize = 8;
 
 /// What a text frame after the start request means.
 #[derive(Debug, PartialEq)]
-enum Control {
+enum Text {
     EndOfAudio,
-    Keepalive,
-    Finalize,
+    /// A control message, to go upstream as sent, in order with the audio.
+    Control(Control),
     Invalid(ApiError),
 }
 
-fn parse_control(text: &str) -> Control {
+/// Reads a text frame. Only what is no control message at all (not a JSON
+/// object with a string `type`) is refused here; every type, its options
+/// included (finalize's `trailing_silence_ms`), is the service's to judge,
+/// so a type newer than the daemon still reaches it.
+fn parse_text(text: &str) -> Text {
     if text.is_empty() {
-        return Control::EndOfAudio;
+        return Text::EndOfAudio;
     }
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        return Control::Invalid(ApiError::bad_request("Control request is malformed."));
+        return Text::Invalid(ApiError::bad_request("Control request is malformed."));
     };
-    match map.get("type") {
-        Some(Value::String(kind)) if kind == "keepalive" => Control::Keepalive,
-        // `trailing_silence_ms` is a latency hint the session core does not
-        // take; finalizing without it is still correct.
-        Some(Value::String(kind)) if kind == "finalize" => Control::Finalize,
-        Some(Value::String(_)) => {
-            Control::Invalid(ApiError::bad_request("Control request invalid type."))
-        }
-        _ => Control::Invalid(ApiError::bad_request("Control request is malformed.")),
-    }
+    let kind = match map.get("type") {
+        Some(Value::String(kind)) if kind == "keepalive" => ControlKind::Keepalive,
+        Some(Value::String(kind)) if kind == "finalize" => ControlKind::Finalize,
+        Some(Value::String(_)) => ControlKind::Other,
+        _ => return Text::Invalid(ApiError::bad_request("Control request is malformed.")),
+    };
+    Text::Control(Control {
+        text: text.to_owned(),
+        kind,
+    })
 }
 
 /// What a client's message leaves the relay to do.
@@ -303,17 +309,17 @@ impl Relay {
             Some(Err(err)) if client::is_too_big(&err) => return Read::TooBig,
             Some(Ok(Message::Close(_)) | Err(_)) | None => return Read::Gone,
         };
-        match parse_control(&text) {
-            Control::EndOfAudio => self.inbox.end(),
-            Control::Keepalive => *idle_at = Instant::now() + self.idle,
-            Control::Finalize => {
-                if self.inbox.finalize() {
-                    *idle_at = Instant::now() + self.idle;
-                } else {
-                    debug!("finalize after the end of audio ignored");
+        match parse_text(&text) {
+            Text::EndOfAudio => self.inbox.end(),
+            Text::Control(control) => {
+                // A client that sends control messages is not silent,
+                // whatever the session does with them.
+                *idle_at = Instant::now() + self.idle;
+                if !self.inbox.control(control) {
+                    debug!("a control message after the end of audio ignored");
                 }
             }
-            Control::Invalid(err) => return Read::Invalid(err),
+            Text::Invalid(err) => return Read::Invalid(err),
         }
         Read::More
     }
@@ -343,20 +349,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_messages() {
-        assert_eq!(parse_control(""), Control::EndOfAudio);
-        assert_eq!(parse_control(r#"{"type":"keepalive"}"#), Control::Keepalive);
-        assert_eq!(
-            parse_control(r#"{"type":"finalize","trailing_silence_ms":300}"#),
-            Control::Finalize
-        );
-        assert_eq!(
-            parse_control(r#"{"type":"stop"}"#),
-            Control::Invalid(ApiError::bad_request("Control request invalid type."))
-        );
-        assert_eq!(
-            parse_control("nope"),
-            Control::Invalid(ApiError::bad_request("Control request is malformed."))
-        );
+    fn control_messages_are_kept_as_sent() {
+        let control = |text: &str, kind| {
+            Text::Control(Control {
+                text: text.to_owned(),
+                kind,
+            })
+        };
+        assert_eq!(parse_text(""), Text::EndOfAudio);
+        for (text, kind) in [
+            (r#"{"type":"keepalive"}"#, ControlKind::Keepalive),
+            (
+                r#"{"type":"finalize","trailing_silence_ms":300}"#,
+                ControlKind::Finalize,
+            ),
+            (r#"{ "type" : "stop", "x": [1] }"#, ControlKind::Other),
+        ] {
+            assert_eq!(parse_text(text), control(text, kind));
+        }
+        for malformed in ["nope", "[]", r#"{"type":5}"#, r#"{"kind":"finalize"}"#] {
+            assert_eq!(
+                parse_text(malformed),
+                Text::Invalid(ApiError::bad_request("Control request is malformed.")),
+                "{malformed}"
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use tracing::debug;
 use super::dsp::{Resampler, Ring, marker, ms, samples, word_tokens};
 use super::runtime::{Runtime, Segment, Vad};
 use super::{ONSET_LOOKBACK, PRE_ROLL_MS, SAMPLE_RATE, SessionOptions, TAIL_MS, VAD_WINDOW};
-use crate::engine::{EngineCommand, EngineEvent, Update};
+use crate::engine::{Control, ControlKind, EngineCommand, EngineEvent, Update};
 use crate::error::Result;
 use crate::event::Token;
 
@@ -149,7 +149,11 @@ impl Worker {
                     false,
                 ))
             }
-            EngineCommand::Finalize => {
+            EngineCommand::Finalize
+            | EngineCommand::Control(Control {
+                kind: ControlKind::Finalize,
+                ..
+            }) => {
                 let mut finals = Vec::new();
                 self.close(Close::Finalize, &mut finals)?;
                 finals.push(marker("<fin>"));
@@ -159,6 +163,12 @@ impl Worker {
                 let mut finals = Vec::new();
                 self.close(Close::End, &mut finals)?;
                 Ok((Some(self.update(finals)), true))
+            }
+            // A keepalive needs no answer here, and other types are the
+            // service's, which this engine does not speak.
+            EngineCommand::Control(control) => {
+                debug!(control = %control.text, "control message ignored by the local engine");
+                Ok((None, false))
             }
         }
     }
