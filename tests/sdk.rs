@@ -185,11 +185,20 @@ async fn the_soniox_python_sdk_completes_a_session() {
             &start["num_channels"]
         ),
         (
-            &json!("stt-rt-v5"),
+            &json!("stt-rt-v6"),
             &json!("pcm_s16le"),
             &json!(16_000),
             &json!(1)
         ),
+        "{start}"
+    );
+    // The SDK's endpoint options reach upstream as it sent them.
+    assert_eq!(
+        (
+            &start["endpoint_sensitivity"],
+            &start["endpoint_latency_adjustment_level"]
+        ),
+        (&json!(0.25), &json!(1)),
         "{start}"
     );
     assert!(start.get("api_key").is_none(), "{start}");

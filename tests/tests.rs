@@ -21,6 +21,8 @@ mod tls;
 mod daemon;
 // The Soniox-compatible WebSocket endpoint.
 mod proxy;
+// What the WebSocket endpoint passes on unchanged: start fields, controls.
+mod passthrough;
 // The browser page in headless Chromium, with a fake microphone.
 mod browser;
 // The official Soniox Python SDK against the WebSocket endpoint.

@@ -32,10 +32,12 @@ def main() -> int:
     url, api_key, audio_file, sample_rate = sys.argv[1:5]
     client = SonioxClient(api_key=api_key, websocket_base_url=url)
     config = RealtimeSTTConfig(
-        model="stt-rt-v5",
+        model="stt-rt-v6",
         audio_format="pcm_s16le",
         sample_rate=int(sample_rate),
         num_channels=1,
+        endpoint_sensitivity=0.25,
+        endpoint_latency_adjustment_level=1,
     )
     finals = []
     non_finals = 0

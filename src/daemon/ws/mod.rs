@@ -20,6 +20,11 @@
 //! the queue, else 429) and in the same registry (front `"ws"`), upstream
 //! with its own key.
 //!
+//! It is a pass-through: every start-request field but the ones the daemon
+//! owns (`api_key`, `enable_non_final_tokens`; see [`start::session_args`])
+//! goes upstream as sent, and every control message follows the audio
+//! before it ([`relay`], then the session core), for the service to judge.
+//!
 //! Security model: the client's key is only ever compared with the daemon's
 //! local token (when one is set): it is never forwarded, logged, or stored.
 //! Without a token, an upgrade must name this machine (a loopback host, or
