@@ -27,7 +27,7 @@ const SONIOX_LANGUAGES: &[&str] = &[
 fn endpoint_delay_ms(sensitivity: &str) -> Option<u32> {
     match sensitivity {
         "aggressive" => Some(500),
-        "relaxed" => Some(2000),
+        "relaxed" => Some(3000),
         _ => None,
     }
 }
