@@ -23,7 +23,7 @@ mod registry;
 mod settings;
 mod unix;
 mod ws;
-mod wyoming;
+pub(crate) mod wyoming;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -231,6 +231,46 @@ impl Drop for Connection {
     }
 }
 
+/// The parsers a client's bytes reach, driven as a connection drives them
+/// (framing, each event's reading and mapping, the audio's conversion), for
+/// the fuzz target. Nothing is opened or sent.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_events(mut bytes: &[u8]) {
+    use futures_util::FutureExt;
+
+    use crate::config::resolve::{self, Origin};
+
+    let mut transcribe = Transcribe::default();
+    let mut converter = None;
+    // A byte slice never makes a read wait: each read is ready at once.
+    while let Some(Ok(message)) = codec::read(&mut bytes).now_or_never() {
+        match message.kind.as_str() {
+            "transcribe" => {
+                if let Ok(read) = Transcribe::read(&message.data) {
+                    transcribe = read;
+                }
+            }
+            "audio-start" => {
+                if let Ok(layout) = Layout::read(&message.data) {
+                    let style = Style {
+                        endpointing: true,
+                        streaming: true,
+                    };
+                    let args = mapping::session_args(&transcribe, layout, layout.channels, style);
+                    let _ = resolve::session(&args, Origin::Client);
+                    converter = Some(pcm::Converter::new(layout.width, layout.channels, true));
+                }
+            }
+            "audio-chunk" => {
+                if let Some(converter) = converter.as_mut() {
+                    let _ = converter.push(&message.payload);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Reads events into `tx` until the stream ends or breaks (the last item
 /// says which), or nobody listens.
 async fn read_messages(read: OwnedReadHalf, tx: mpsc::Sender<Result<Message, ReadError>>) {
