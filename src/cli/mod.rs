@@ -179,8 +179,8 @@ pub(crate) struct ServeArgs {
     pub(crate) ws_token_file: Option<PathBuf>,
 
     /// Also serve the Wyoming protocol, Home Assistant's speech-to-text, on
-    /// HOST[:PORT] (port 10300 when left out), e.g. 0.0.0.0 for the local
-    /// network; see --wyoming-allow.
+    /// HOST or HOST:PORT (port 10300 when left out), e.g. 0.0.0.0 for the
+    /// local network; see --wyoming-allow.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) wyoming_listen: Option<ListenAddr>,
 

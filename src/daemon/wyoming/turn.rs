@@ -323,7 +323,12 @@ impl Relay {
     /// `audio-stop` is dropped (bounded by the idle time).
     async fn skip_to_stop(&self, conn: &mut Connection, shared: &Shared) -> Next {
         loop {
-            match tokio::time::timeout(self.idle, conn.messages.recv()).await {
+            let message = tokio::select! {
+                // A stopping daemon does not wait for the rest of the audio.
+                () = shared.stop.cancelled() => return Next::Close,
+                message = tokio::time::timeout(self.idle, conn.messages.recv()) => message,
+            };
+            match message {
                 Ok(Some(Ok(message))) => match message.kind.as_str() {
                     "audio-chunk" => {}
                     "audio-stop" => return Next::Continue,
