@@ -165,6 +165,7 @@ async fn stream(
     let result = match engine {
         Upstream::Engines(engines) => session::run(
             engines,
+            None,
             &session_config,
             new_session_id(),
             session_rx,

@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets in `crates/fuzz` (the `fuzzing`
-//! feature only): the parsers that take untrusted bytes, driven as the
+//! feature only): the parsers that take untrusted bytes (a socket header, a
+//! WebSocket request head and start request, a WAV header), driven as the
 //! daemon and the filter drive them. A panic anywhere below is a finding.
 //! Nothing here reads files or opens connections: a client's options are
 //! resolved as a client's ([`Origin::Client`]).
@@ -12,6 +13,21 @@ pub fn socket_header(line: &[u8]) {
     if let Ok(Request::Session { args, .. }) = protocol::parse_header(line) {
         let _ = resolve::session(&args, Origin::Client);
     }
+}
+
+/// A WebSocket client's start request (any bytes: not UTF-8 is skipped, as
+/// tungstenite refuses such a text frame), read and resolved as the
+/// endpoint does.
+pub fn start_request(bytes: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        crate::daemon::ws_fuzz::start_request(text);
+    }
+}
+
+/// An HTTP request head on the WebSocket endpoint, parsed, routed and
+/// checked.
+pub fn http_head(bytes: &[u8]) {
+    crate::daemon::ws_fuzz::http_head(bytes);
 }
 
 /// A WAV `fmt ` chunk's body, as the input reader parses it.

@@ -83,12 +83,12 @@ impl Pacer {
 
     /// When a container chunk may go.
     pub(crate) fn release_container(&self, now: Instant) -> Release {
-        let Some(first) = self.first_send else {
-            return Release::At(now);
-        };
         if self.bytes_sent.saturating_sub(self.bytes_confirmed) >= CONTAINER_UNCONFIRMED_BYTES {
             return Release::OnProgress;
         }
+        let Some(first) = self.first_send else {
+            return Release::At(now);
+        };
         // Processed audio may be at most max_lead ahead of the wall clock.
         let processed = Duration::from_millis(self.processed_ms);
         let earliest = (first + processed)
@@ -111,10 +111,12 @@ impl Pacer {
         }
     }
 
-    /// Forgets the container clock: a new upstream session counts from zero.
-    pub(crate) fn restart_upstream(&mut self) {
+    /// Forgets the container clock: a new upstream session counts from zero,
+    /// with `unsent` bytes already read for it (they go out first, so they
+    /// count against the window at once).
+    pub(crate) fn restart_upstream(&mut self, unsent: u64) {
         self.first_send = None;
-        self.bytes_sent = 0;
+        self.bytes_sent = unsent;
         self.bytes_confirmed = 0;
         self.processed_ms = 0;
     }
@@ -175,7 +177,11 @@ mod tests {
             pacer.release_container(start),
             Release::At(start + Duration::from_secs(3))
         );
-        pacer.restart_upstream();
+        pacer.restart_upstream(0);
         assert_eq!(pacer.release_container(start), Release::At(start));
+        // A new session that inherits a full window of unsent input waits
+        // for its progress too.
+        pacer.restart_upstream(CONTAINER_UNCONFIRMED_BYTES);
+        assert_eq!(pacer.release_container(start), Release::OnProgress);
     }
 }

@@ -71,9 +71,11 @@ async fn unreachable_service_falls_back_to_the_local_engine() {
     let out = util::run(command, Vec::new()).await;
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
     let events = out.events();
-    assert_eq!(events[0]["type"], "fallback", "{events:?}");
-    assert_eq!(events[0]["engine"], "local");
-    assert_eq!(events[0]["from_ms"], 0);
+    // `start` first, naming the model asked for; then the fallback.
+    assert_eq!(events[0]["type"], "start", "{events:?}");
+    assert_eq!(events[1]["type"], "fallback", "{events:?}");
+    assert_eq!(events[1]["engine"], "local");
+    assert_eq!(events[1]["from_ms"], 0);
     let text = final_text(&out);
     assert!(word_error_rate(&reference, &text) <= 0.20, "{text}");
     assert_eq!(events.last().unwrap()["type"], "end");

@@ -37,6 +37,8 @@ pub(crate) const DEFAULT_WARM_POOL: usize = 2;
 pub(crate) const DEFAULT_DAEMON_DRAIN: Seconds = Seconds::from_secs(10);
 /// How long a client has for its header line.
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Seconds = Seconds::from_secs(5);
+/// How long an admitted socket client has for its first audio.
+pub(crate) const DEFAULT_FIRST_AUDIO_TIMEOUT: Seconds = Seconds::from_secs(30);
 
 /// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
 ///
@@ -213,6 +215,18 @@ pub(crate) struct ServeArgs {
     /// A client must send its header line within SECS.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT)]
     pub(crate) header_timeout: Seconds,
+
+    /// A socket client must send its first audio within SECS of being
+    /// admitted; else it gets an error and its slot goes to the next
+    /// client. 0 waits for ever.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_FIRST_AUDIO_TIMEOUT)]
+    pub(crate) first_audio_timeout: Seconds,
+
+    /// Close a client's upstream session after SECS without audio (Soniox
+    /// bills idle time) and give its slot to the next waiting client; the
+    /// session asks again, in turn, when its audio returns. 0 keeps both.
+    #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_IDLE_CLOSE)]
+    pub(crate) idle_close: Seconds,
 
     /// The engine for sessions that do not ask for one: the Soniox service,
     /// or Moonshine on this machine, loaded at start; with local, no API key

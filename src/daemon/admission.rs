@@ -46,24 +46,41 @@ pub(crate) enum Ticket {
     Busy,
 }
 
-/// A place in the queue.
+/// A place in the queue. Dropped before its slot came, it gives the place
+/// up; dropped just after its slot was handed over, it gives the slot back.
 #[derive(Debug)]
 pub(crate) struct Waiting {
     /// 1-based position when queued.
     pub(crate) position: usize,
     admission: Admission,
-    wake: oneshot::Receiver<()>,
+    /// `None` once the slot was taken.
+    wake: Option<oneshot::Receiver<()>>,
 }
 
 impl Waiting {
     /// Waits for the slot.
-    pub(crate) async fn slot(self) -> Slot {
+    pub(crate) async fn slot(mut self) -> Slot {
         // The sender is only dropped after sending (a slot handed over) or
         // when the admission is gone with its waiters, which cannot happen
         // while `self.admission` holds it.
-        let _ = self.wake.await;
+        if let Some(wake) = self.wake.as_mut() {
+            let _ = wake.await;
+        }
+        self.wake = None;
         Slot {
-            admission: self.admission,
+            admission: self.admission.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut wake) = self.wake.take() {
+            // Closed first, so no slot can be handed over after the check.
+            wake.close();
+            if wake.try_recv().is_ok() {
+                self.admission.release();
+            }
         }
     }
 }
@@ -111,13 +128,35 @@ impl Admission {
         if state.waiting.len() >= state.limits.queue {
             return Ticket::Busy;
         }
+        Ticket::Queued(self.enqueue(&mut state))
+    }
+
+    /// A slot, waiting in the queue however long it is: for a session that
+    /// gave its slot back while idle and has audio again (it is already
+    /// admitted, so it is never refused).
+    pub(crate) async fn wait(&self) -> Slot {
+        let waiting = {
+            let mut state = self.lock();
+            state.waiting.retain(|w| !w.is_closed());
+            if state.active < state.limits.max_upstream && state.waiting.is_empty() {
+                state.active += 1;
+                return Slot {
+                    admission: self.clone(),
+                };
+            }
+            self.enqueue(&mut state)
+        };
+        waiting.slot().await
+    }
+
+    fn enqueue(&self, state: &mut State) -> Waiting {
         let (tx, rx) = oneshot::channel();
         state.waiting.push_back(tx);
-        Ticket::Queued(Waiting {
+        Waiting {
             position: state.waiting.len(),
             admission: self.clone(),
-            wake: rx,
-        })
+            wake: Some(rx),
+        }
     }
 
     fn release(&self) {
@@ -206,6 +245,39 @@ mod tests {
                 }
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_after_its_turn_gives_the_slot_back() {
+        let admission = Admission::new(Limits {
+            max_upstream: 1,
+            queue: 5,
+        });
+        let Ticket::Admitted(first) = admission.ask() else {
+            panic!("a free slot")
+        };
+        let Ticket::Queued(second) = admission.ask() else {
+            panic!("queued")
+        };
+        // Its turn comes, but it is gone before it takes the slot.
+        drop(first);
+        assert_eq!(admission.usage().0, 1, "handed over");
+        drop(second);
+        assert_eq!(admission.usage().0, 0, "given back, not leaked");
+        // An idle session asking again waits its turn, however full the queue.
+        let Ticket::Admitted(busy) = admission.ask() else {
+            panic!("a free slot")
+        };
+        let again = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.wait().await }
+        });
+        tokio::task::yield_now().await;
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(1), again)
+            .await
+            .expect("admitted once the slot was free")
+            .unwrap();
     }
 
     #[tokio::test]

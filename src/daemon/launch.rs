@@ -32,7 +32,7 @@ use crate::config::{SessionConfig, SessionRequest};
 use crate::engine::SessionEngines;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::session::{self, SessionInput, Summary};
+use crate::session::{self, Lease, Retake, SessionInput, Summary};
 
 /// Who is asking, and through which front end.
 #[derive(Debug, Clone, Copy)]
@@ -157,11 +157,20 @@ impl Admitted {
             config,
             registration,
         } = prepared;
+        let lease = lease(&shared, slot, registration.progress.clone());
         let stop = shared.stop.child_token();
         info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
         let task = tokio::spawn(async move {
             let report = events.clone();
-            let session = session::run(engines, &config, session_id.clone(), input, events, stop);
+            let session = session::run(
+                engines,
+                Some(lease),
+                &config,
+                session_id.clone(),
+                input,
+                events,
+                stop,
+            );
             // A bug in one session ends that session, with an `error` event
             // for its client, and nothing else.
             let result = match AssertUnwindSafe(session).catch_unwind().await {
@@ -178,12 +187,39 @@ impl Admitted {
                 }
                 Err(err) => info!(session = %session_id, error = %err, "session failed"),
             }
-            // Held to here: the slot and the entry go when the session does.
-            drop((slot, registration));
+            // Held to here: the entry goes when the session does (the slot
+            // went with the lease, inside the session).
+            drop(registration);
             result
         });
         Running(Some(task))
     }
+}
+
+/// The session's hold on `slot`: given back while the session is idle
+/// (its upstream session closed for lack of audio), asked for again, in the
+/// queue's order, when audio returns.
+fn lease(shared: &Arc<Shared>, slot: Slot, progress: Arc<Progress>) -> Lease {
+    let held = Arc::new(std::sync::Mutex::new(Some(slot)));
+    let give_back = {
+        let (held, progress) = (held.clone(), progress.clone());
+        move || {
+            // A plain take: a panic elsewhere cannot leave it half-done.
+            drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+            progress.set_state(State::Idle);
+        }
+    };
+    let admission = shared.admission.clone();
+    let take = move || -> Retake {
+        let (admission, held, progress) = (admission.clone(), held.clone(), progress.clone());
+        progress.set_state(State::Queued);
+        Box::pin(async move {
+            let slot = admission.wait().await;
+            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+            progress.set_state(State::Streaming);
+        })
+    };
+    Lease::new(give_back, take)
 }
 
 /// A running session's task; aborted if dropped before it ends, which

@@ -25,6 +25,9 @@ mod unix;
 mod ws;
 pub(crate) mod wyoming;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use ws::fuzz as ws_fuzz;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -82,6 +85,14 @@ impl Shared {
 
     fn per_uid_limit(&self) -> usize {
         self.per_uid_limit.load(Ordering::Relaxed)
+    }
+
+    /// An admitted client's bound on its first audio, in wall time.
+    fn first_audio_timeout(&self) -> Option<Duration> {
+        let settings = Self::lock(&self.settings);
+        settings
+            .first_audio_timeout
+            .map(|bound| settings.timing.wall(bound))
     }
 
     fn header_timeout(&self) -> Duration {
@@ -377,6 +388,8 @@ async fn serve(
         started: Instant::now(),
         next_session: AtomicU64::new(0),
     });
+    let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
+    ws::warn_if_open(ws_addr, shared.ws_token().is_some());
     let tracker = TaskTracker::new();
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
@@ -398,7 +411,10 @@ async fn serve(
             _ = hangup.recv() => {
                 notifier.reloading();
                 match reload(&command_line, &shared).await {
-                    Ok(()) => info!("settings and key reloaded"),
+                    Ok(()) => {
+                        info!("settings and key reloaded");
+                        ws::warn_if_open(ws_addr, shared.ws_token().is_some());
+                    }
                     Err(err) => warn!(error = %err, "reload failed; keeping the old settings"),
                 }
                 notifier.ready(&shared.status_line());

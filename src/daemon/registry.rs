@@ -30,6 +30,9 @@ pub(crate) enum State {
     Streaming = 1,
     /// Audio ended; final tokens awaited.
     Draining = 2,
+    /// No audio for a while: its upstream session closed, its slot given
+    /// back until audio returns.
+    Idle = 3,
 }
 
 impl State {
@@ -37,7 +40,8 @@ impl State {
         match raw {
             0 => "queued",
             1 => "streaming",
-            _ => "draining",
+            2 => "draining",
+            _ => "idle",
         }
     }
 }

@@ -99,6 +99,11 @@ pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
     /// Header bound.
     pub(crate) header_timeout: Duration,
+    /// Bound on an admitted client's first audio (`None`: none).
+    pub(crate) first_audio_timeout: Option<Duration>,
+    /// Idle close of a client's upstream session, which also gives its
+    /// slot back (`None`: never).
+    pub(crate) idle_close: Option<Duration>,
     /// The engine of sessions that do not ask for one.
     pub(crate) engine: EngineChoice,
     /// Whether Soniox sessions fall back to the local engine.
@@ -146,6 +151,8 @@ impl Settings {
             warm_pool: args.warm_pool,
             drain_timeout: args.drain_timeout.get(),
             header_timeout: args.header_timeout.get(),
+            first_audio_timeout: args.first_audio_timeout.nonzero(),
+            idle_close: args.idle_close.nonzero(),
             engine: args.engine,
             fallback_local: args.fallback == Some(FallbackChoice::Local),
             local: LocalEngineConfig::from(&args.local_engine),
@@ -154,10 +161,11 @@ impl Settings {
     }
 
     /// The bounds of a client's session: the filter's defaults, with the
-    /// daemon's own drain.
+    /// daemon's own drain and idle close.
     pub(crate) fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             drain_timeout: self.drain_timeout,
+            idle_close: self.idle_close,
             ..SessionLimits::default()
         }
     }

@@ -6,6 +6,7 @@
 //! so releases its upstream slot.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -160,7 +161,14 @@ async fn run_admitted(
     };
     let progress = admitted.progress();
     let (input_tx, input_rx) = mpsc::channel(CLIENT_AUDIO_QUEUE);
-    let pump = tokio::spawn(pump_audio(reader, frame, end_marker, input_tx, progress));
+    let pump = tokio::spawn(pump_audio(
+        reader,
+        frame,
+        end_marker,
+        shared.first_audio_timeout(),
+        input_tx,
+        progress,
+    ));
     let mut running = admitted.spawn(shared.new_session_id(), input_rx, events);
     running.outcome().await;
     // The pump stops at the client's end of audio, or, once the session is
@@ -199,14 +207,29 @@ async fn read_header<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Result<
 }
 
 /// Moves audio from the socket into the session, in whole frames, until
-/// the client half-closes or sends the end marker.
+/// the client half-closes or sends the end marker. A client that sends
+/// nothing within `first_audio` fails the session, which frees its slot.
 async fn pump_audio<R: AsyncRead + Unpin>(
     mut reader: BufReader<R>,
     frame: usize,
     end_marker: Option<Vec<u8>>,
+    first_audio: Option<Duration>,
     session: mpsc::Sender<SessionInput>,
     progress: Arc<super::registry::Progress>,
 ) -> BufReader<R> {
+    if let Some(bound) = first_audio
+        && tokio::time::timeout(bound, reader.fill_buf())
+            .await
+            .is_err()
+    {
+        let err = Error::Disconnected(format!(
+            "the client sent no audio within {:.0} s of being admitted",
+            bound.as_secs_f64()
+        ));
+        info!(error = %err, "no audio");
+        let _ = session.send(SessionInput::Failed(err)).await;
+        return reader;
+    }
     // Never split, so never shared: reserving again reuses its space. Each
     // chunk is copied out at its exact size instead, because a chunk split
     // off a shared buffer would pin the whole buffer for as long as the
@@ -289,7 +312,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let data = b"abcdefgEND!tail".to_vec();
         let reader = BufReader::new(&data[..]);
-        pump_audio(reader, 2, Some(b"END!".to_vec()), tx, Arc::default()).await;
+        pump_audio(reader, 2, Some(b"END!".to_vec()), None, tx, Arc::default()).await;
         let mut got = Vec::new();
         while let Some(SessionInput::Audio(chunk)) = rx.recv().await {
             got.extend_from_slice(&chunk);

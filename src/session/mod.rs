@@ -39,6 +39,7 @@
 //! so the front end only maps them to its exit status. If the event receiver
 //! goes away (a closed stdout), the session ends quietly.
 
+mod lease;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,7 @@ use crate::pacer::{Pacer, Release};
 use crate::replay::ReplayBuffer;
 use crate::timer::LazyTimer;
 
+pub(crate) use lease::{Lease, Retake};
 use recovery::Outage;
 use timeline::{Frames, Timeline};
 use upstream::{
@@ -126,8 +128,11 @@ pub(crate) struct Summary {
 }
 
 /// Runs a session until its input ends, `stop` is cancelled, or it fails.
+/// `lease`, where upstream sessions are limited: the place it holds, given
+/// back while idle.
 pub(crate) async fn run(
     engines: SessionEngines,
+    lease: Option<Lease>,
     config: &SessionConfig,
     session_id: String,
     mut input: mpsc::Receiver<SessionInput>,
@@ -135,6 +140,7 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) -> Result<Summary> {
     let mut session = Session::new(engines, config, session_id, events);
+    session.lease = lease;
     let outcome = session.stream(&mut input, &stop).await;
     let (reason, failure) = match outcome {
         Ok(reason) => (reason, None),
@@ -190,6 +196,8 @@ struct Session<'a> {
     /// The audio's frame layout; `None` for containers.
     frames: Option<Frames>,
     session_id: String,
+    /// The `start` event's model: the first engine's, as asked for.
+    requested_model: String,
     events: mpsc::Sender<Event>,
     began: Instant,
     started: bool,
@@ -217,6 +225,10 @@ struct Session<'a> {
     input_done: bool,
     /// Whether the fallback engine took over (it happens once).
     fell_back: bool,
+    /// The place under the daemon's limit, if any.
+    lease: Option<Lease>,
+    /// Waiting for that place again, after an idle close.
+    retaking: Option<Retake>,
 }
 
 impl<'a> Session<'a> {
@@ -233,6 +245,7 @@ impl<'a> Session<'a> {
             None => CONTAINER_BUFFER_BYTES,
         };
         Session {
+            requested_model: engines.engine.model_name(&config.recognition),
             engine: engines.engine,
             fallback: engines.fallback,
             config,
@@ -258,6 +271,8 @@ impl<'a> Session<'a> {
             last_audio_at: now,
             input_done: false,
             fell_back: false,
+            lease: None,
+            retaking: None,
         }
     }
 
@@ -302,7 +317,8 @@ impl<'a> Session<'a> {
     ///    a dead session, and a rotation's hand-over (next) starts from the
     ///    old session's latest answer, so less is replayed;
     /// 4. the outcome of a connection attempt, before more audio goes to the
-    ///    session it replaces;
+    ///    session it replaces; then the lease's place coming back, which
+    ///    lets the next turn open a session;
     /// 5. the retry timer, so an outage's next attempt is not held up by
     ///    input;
     /// 6. a free command slot upstream, before more input: audio goes out as
@@ -332,11 +348,20 @@ impl<'a> Session<'a> {
                 break;
             }
             if self.needs_upstream() {
-                self.start_connecting(if self.outage.is_some() {
-                    Purpose::Recover
-                } else {
-                    Purpose::Fresh
-                });
+                match self.lease.as_mut() {
+                    // Its place was given back while idle: ask again first.
+                    Some(lease) if !lease.held() => {
+                        if self.retaking.is_none() {
+                            info!(session = %self.session_id, "audio again: waiting for an upstream slot");
+                            self.retaking = Some(lease.take());
+                        }
+                    }
+                    _ => self.start_connecting(if self.outage.is_some() {
+                        Purpose::Recover
+                    } else {
+                        Purpose::Fresh
+                    }),
+                }
             }
             let release = pending.as_ref().and_then(|chunk| self.release_time(chunk));
             let idle_at = self.idle_deadline(pending.is_some());
@@ -363,6 +388,13 @@ impl<'a> Session<'a> {
                 }
                 event = next_engine_event(&mut self.upstream) => self.on_engine_event(event).await?,
                 opened = join_connecting(&mut self.connecting) => self.on_connected(opened).await?,
+                // The place is held again: the next turn opens a session.
+                () = retake(&mut self.retaking) => {
+                    self.retaking = None;
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.taken();
+                    }
+                }
                 () = sleep_until_or_never(self.retry_at) => {
                     self.retry_at = None;
                     if self.upstream.is_none() {
@@ -447,10 +479,11 @@ impl<'a> Session<'a> {
         if self.raw() {
             Some(self.pacer.release_raw(self.chunk_duration(chunk), now))
         } else {
+            // Without an upstream session (connecting, or in an outage) the
+            // window holds too: what is read then goes out at once when one
+            // opens, so reading on would overrun the window there.
             match self.pacer.release_container(now) {
                 Release::At(at) => Some(at),
-                // Nothing to wait for without an upstream session: read on.
-                Release::OnProgress if self.upstream.is_none() => Some(now),
                 Release::OnProgress => None,
             }
         }
@@ -479,11 +512,40 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Gives out an event. The output queue is large (see
+    /// Gives out `start`, once: when the first upstream session opens, or
+    /// before anything else the stream reports (an `overrun` or a `fallback`
+    /// before any session opened), so that `start` is always first. It names
+    /// the model asked for, whichever engine goes on.
+    async fn ensure_started(&mut self) -> Result<(), Halt> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        let audio = &self.config.audio;
+        let start = Event::Start {
+            session_id: self.session_id.clone(),
+            model: self.requested_model.clone(),
+            audio_format: audio.name.clone(),
+            sample_rate: audio.sample_rate,
+            num_channels: audio.channels,
+        };
+        self.send(start).await
+    }
+
+    /// Gives out an event, after `start` if it has not gone yet (an `error`
+    /// and the `end` do not start a stream).
+    async fn emit(&mut self, event: Event) -> Result<(), Halt> {
+        if !matches!(event, Event::Error { .. } | Event::End { .. }) {
+            self.ensure_started().await?;
+        }
+        self.send(event).await
+    }
+
+    /// Sends an event. The output queue is large (see
     /// [`crate::output::OUTPUT_QUEUE`]) so a slow consumer does not hold up
     /// the audio; past it, a `partial` is dropped (the next one replaces it
     /// anyway) and anything else waits for room.
-    async fn emit(&self, event: Event) -> Result<(), Halt> {
+    async fn send(&self, event: Event) -> Result<(), Halt> {
         match self.events.try_send(event) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(Halt::ConsumerGone),
@@ -494,6 +556,14 @@ impl<'a> Session<'a> {
                 .await
                 .map_err(|_| Halt::ConsumerGone),
         }
+    }
+}
+
+/// Waits for the lease's place; pending forever when not asking.
+async fn retake(retaking: &mut Option<Retake>) {
+    match retaking {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -120,7 +120,7 @@ async fn stream(
         }
         events
     };
-    let session = run(engines, config, "test".into(), input, events_tx, stop);
+    let session = run(engines, None, config, "test".into(), input, events_tx, stop);
     // A session that waits for nothing would hang the test: virtual time
     // jumps to this bound instead.
     let (result, (), events) =
@@ -444,10 +444,16 @@ async fn an_unreachable_service_falls_back_at_once() {
         FAST,
     )
     .await;
+    // `start` first, always; it names the engine asked for.
     assert!(
-        matches!(outcome.events[0], Event::Fallback { from_ms: 0, .. }),
+        matches!(outcome.events[0], Event::Start { .. }),
         "{:?}",
         outcome.events[0]
+    );
+    assert!(
+        matches!(outcome.events[1], Event::Fallback { from_ms: 0, .. }),
+        "{:?}",
+        outcome.events[1]
     );
     assert_eq!(
         engine.log().attempts.len(),

@@ -217,7 +217,10 @@ impl Session<'_> {
             replayed_ms: self.ms_at(self.buffer.end()).saturating_sub(base_ms),
             message,
         });
-        self.pacer.restart_upstream();
+        // What was read but not yet sent goes to this session first: it is
+        // in flight for the container window from the start.
+        self.pacer
+            .restart_upstream(self.buffer.end().saturating_sub(base));
         self.upstream = Some(Upstream {
             link,
             index: self.upstreams_opened,
@@ -234,19 +237,7 @@ impl Session<'_> {
             announce,
         });
         debug!(session = %self.session_id, upstream = self.upstreams_opened, base_ms, "upstream session open");
-        if !self.started {
-            self.started = true;
-            let audio = &self.config.audio;
-            self.emit(Event::Start {
-                session_id: self.session_id.clone(),
-                model: self.engine.model_name(&self.config.recognition),
-                audio_format: audio.name.clone(),
-                sample_rate: audio.sample_rate,
-                num_channels: audio.channels,
-            })
-            .await?;
-        }
-        Ok(())
+        self.ensure_started().await
     }
     /// Sends the next due command: a finalize that is due, else audio, else
     /// the end of audio.
@@ -313,6 +304,14 @@ impl Session<'_> {
                     self.buffer.release(self.covered);
                     self.closed_upstreams_ms += upstream.processed_ms;
                     self.upstream = None;
+                    // Ended with input still open: an idle close, so the
+                    // place goes back until audio returns.
+                    if !self.input_done
+                        && let Some(lease) = self.lease.as_mut()
+                    {
+                        info!(session = %self.session_id, "idle: upstream slot given back");
+                        lease.give_back();
+                    }
                     Ok(())
                 } else {
                     self.on_failure(

@@ -95,6 +95,9 @@ async fn row1_header_flag_injection_is_a_usage_error_and_kills_nothing() {
         r#"{"partials":"--drain-timeout=1e300"}"#,
         r#"{"diarize":"--max-session=1e19"}"#,
         r#"{"language_hints":["en","--idle-close=1e19"]}"#,
+        // Found by the fuzzer: a format name whose last two bytes end
+        // inside a character panicked the format table.
+        r#"{"audio_format":"pcm_s1\u0393e"}"#,
     ] {
         let events = one_header(&daemon.socket, attack).await;
         let error = the_error(&events);
@@ -471,4 +474,236 @@ async fn row17_zero_limits_are_refused_and_kept_on_reload() {
     let status = daemon.status().await;
     assert_eq!(status["upstream"]["limit"], 1, "{status}");
     first.await.unwrap();
+}
+
+/// Row 9 (low): an `overrun` came before `start`. The service cannot be
+/// reached for the first seconds of a file (every connection is closed
+/// before its handshake: a Soniox with its front door down), so the replay
+/// buffer (10 s) overflows before any session opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row9_an_overrun_never_comes_before_start() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let door = Door::new(&emulator).await;
+    let (_, audio) = util::marker_audio(30, 500, 16_000);
+    let mut command = util::sttpipe(Some(&door.url), Some(KEY));
+    command
+        .env("STTPIPE_PACE_FACTOR", "8")
+        .args(["--replay-buffer", "10", "--retry-budget", "60"]);
+    let mut child = util::spawn(command);
+    let mut stdin = child.stdin.take().unwrap();
+    let started = std::time::Instant::now();
+    stdin.write_all(&audio).await.unwrap();
+    drop(stdin);
+    // 16 s of audio at 8x is 2 s of wall time: after 3 s the buffer has
+    // overflowed (the assertion below checks that it did). Then the door opens.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    door.open();
+    let output = util::finish(child, started).await;
+    let events = output.events();
+    assert!(
+        events.iter().any(|e| e["type"] == "overrun"),
+        "the buffer overflowed: {}",
+        output.stdout
+    );
+    assert_eq!(events[0]["type"], "start", "{}", output.stdout);
+}
+
+/// A front door to the emulator that drops every connection (the
+/// handshake fails, as with a service that cannot be reached) until it is
+/// opened; then it forwards them.
+struct Door {
+    url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Door {
+    async fn new(emulator: &soniox_emulator::Emulator) -> Door {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "ws://{}/transcribe-websocket",
+            listener.local_addr().unwrap()
+        );
+        let upstream = emulator.local_addr();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let open = open.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut service = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
+                    });
+                }
+            }
+        });
+        Door { url, open, task }
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Row 10 (low): container input sent 120 KiB before any progress report
+/// (documented: at most 32 KiB beyond the service's progress), because
+/// everything read while no session was open went out at once. Here the
+/// service never reports progress on this input, and the first seconds
+/// pass with no session open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row10_containers_stay_within_the_unconfirmed_window() {
+    let emulator = util::emulator(EmulatorConfig {
+        // 300 KiB count as well under 500 ms: no progress response ever.
+        container_bytes_per_ms: 1e9,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let door = Door::new(&emulator).await;
+    let mut command = util::sttpipe(Some(&door.url), Some(KEY));
+    command.args(["--audio-format", "mp3"]);
+    let mut child = util::spawn(command);
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let feeder = tokio::spawn(async move {
+        let _ = stdin.write_all(&bytes).await;
+        stdin
+    });
+    // A second with the service unreachable, then it opens.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    door.open();
+    util::wait_for(BOUND, "the first audio reaches the emulator", || {
+        emulator.sessions().iter().any(|s| s.audio_bytes > 0)
+    })
+    .await;
+    // Room for a burst past the window to show (the assertion checks there
+    // was none).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent: u64 = emulator.sessions().iter().map(|s| s.audio_bytes).sum();
+    assert!(
+        sent <= 36 * 1024,
+        "{sent} bytes went out with no progress report (window: 32 KiB and a 4 KiB chunk): {:?}",
+        emulator
+            .sessions()
+            .iter()
+            .map(|s| (s.audio_bytes, s.outcome))
+            .collect::<Vec<_>>()
+    );
+    child.kill().await.unwrap();
+    feeder.abort();
+}
+
+/// Row 4 (medium): a client that sends a header and never any audio held
+/// its slot forever (ten of them made the daemon busy for everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row4_a_client_that_never_sends_audio_gives_its_slot_back() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let daemon = Daemon::start(
+        &emulator,
+        &["--max-upstream", "1", "--first-audio-timeout", "1"],
+    )
+    .await;
+    // A header, then silence, with the connection kept open.
+    let silent = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (silent_read, mut silent_write) = silent.into_split();
+    let mut line = pcm_header().to_string().into_bytes();
+    line.push(b'\n');
+    silent_write.write_all(&line).await.unwrap();
+    daemon
+        .wait_status("the silent client holds the slot", |s| {
+            s["upstream"]["sessions"] == 1
+        })
+        .await;
+    // An innocent client queued behind it is served once it is gone.
+    let (expected, events) = tokio::time::timeout(BOUND, innocent_client(&daemon.socket))
+        .await
+        .expect("the innocent client is served")
+        .unwrap();
+    assert_eq!(util::final_words(&events), expected);
+    let mut silent_events = String::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(
+        BOUND,
+        tokio::io::BufReader::new(silent_read).read_to_string(&mut silent_events),
+    )
+    .await
+    .expect("the silent client is closed")
+    .unwrap();
+    assert!(
+        silent_events.contains("\"type\":\"error\""),
+        "{silent_events}"
+    );
+    drop(silent_write);
+}
+
+/// Row 4 (medium), the idle rule: a client that has gone quiet gives its
+/// slot to a waiting client while its upstream session is closed, and gets
+/// one again, in turn, when its audio returns; no word of either is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row4_an_idle_client_lends_its_slot_until_its_audio_returns() {
+    let emulator = util::emulator(EmulatorConfig::default()).await;
+    let daemon = Daemon::start(&emulator, &["--max-upstream", "1", "--idle-close", "1"]).await;
+    let words = marker::script(8, 500, 300);
+    let (first, second) = words.split_at(4);
+    let shift = |w: &marker::Word| marker::Word {
+        start_ms: w.start_ms - 2_000,
+        ..w.clone()
+    };
+    let second_part: Vec<marker::Word> = second.iter().map(shift).collect();
+    let audio_1 = marker::encode(first, 2_000, 16_000, 1);
+    let audio_2 = marker::encode(&second_part, 2_300, 16_000, 1);
+
+    let quiet = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (quiet_read, mut quiet_write) = quiet.into_split();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = tokio::io::BufReader::new(quiet_read)
+            .read_to_string(&mut text)
+            .await;
+        text
+    });
+    let mut line = pcm_header().to_string().into_bytes();
+    line.push(b'\n');
+    quiet_write.write_all(&line).await.unwrap();
+    quiet_write.write_all(&audio_1).await.unwrap();
+    daemon
+        .wait_status("the quiet client goes idle", |s| {
+            s["sessions"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|x| x["state"] == "idle"))
+        })
+        .await;
+    // Its slot serves another client meanwhile.
+    let (expected, events) = tokio::time::timeout(BOUND, innocent_client(&daemon.socket))
+        .await
+        .expect("the waiting client is served while the other is idle")
+        .unwrap();
+    assert_eq!(util::final_words(&events), expected);
+    // Audio again: it asks for the slot, gets it, and loses nothing.
+    quiet_write.write_all(&audio_2).await.unwrap();
+    quiet_write.shutdown().await.unwrap();
+    let text = tokio::time::timeout(BOUND, reader)
+        .await
+        .expect("ends")
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<String> = util::final_words(&events)
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect();
+    let want: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
+    assert_eq!(got, want, "{text}");
+    assert_eq!(events.last().unwrap()["type"], "end", "{text}");
 }

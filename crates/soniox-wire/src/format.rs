@@ -15,7 +15,10 @@ pub fn raw_sample_bytes(name: &str) -> Option<usize> {
         "mulaw" | "alaw" | "pcm_s8" | "pcm_u8" => Some(1),
         _ => {
             let rest = name.strip_prefix("pcm_")?;
-            let (kind_bits, endian) = rest.split_at(rest.len().checked_sub(2)?);
+            // By `get`, not `split_at`: a name is anyone's string, and the
+            // split may fall inside a multi-byte character.
+            let at = rest.len().checked_sub(2)?;
+            let (kind_bits, endian) = (rest.get(..at)?, rest.get(at..)?);
             if endian != "le" && endian != "be" {
                 return None;
             }
@@ -74,5 +77,8 @@ mod tests {
         assert!(is_known_format("webm"));
         assert!(!is_known_format("avi"));
         assert!(!is_known_format("pcm_s16xx"));
+        // Found by the fuzzer: the last two bytes end inside a character.
+        assert_eq!(raw_sample_bytes("pcm_s1\u{393}e"), None);
+        assert_eq!(long_format_name("s1\u{393}e"), None);
     }
 }

@@ -1,10 +1,13 @@
 //! HTTP on the WebSocket endpoint, up to the handshake: reading the request
 //! head (bounded in size; the caller bounds it in time), parsing it, routing
-//! it (the page, an upgrade, or a plain refusal), checking a WebSocket
-//! upgrade and reading the client's key from it, and the plain responses.
+//! it (the page, an upgrade, or a plain refusal, with who may upgrade
+//! without a token), checking a WebSocket upgrade and reading the client's
+//! key from it, and the plain responses.
 //!
 //! Nothing here keeps a connection open past one response, except an
 //! accepted upgrade, which the caller turns into a WebSocket.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -149,19 +152,16 @@ pub(super) enum Route {
     Plain(u16, &'static str),
 }
 
-pub(super) fn route(head: &Head, has_token: bool) -> Route {
+/// Routes a request. `has_token` says whether the daemon has a local token;
+/// `local` is the address the client connected to (the listen address, or
+/// one of its interfaces' for a wildcard bind).
+pub(super) fn route(head: &Head, has_token: bool, local: Option<SocketAddr>) -> Route {
     let upgrade = head.has_token("upgrade", "websocket");
     if upgrade {
         if head.path != "/" && head.path != "/transcribe-websocket" {
             return Route::Plain(404, "Not Found");
         }
-        // A web page elsewhere must not use this daemon's key through the
-        // visitor's browser: without a token, only same-origin pages (the
-        // daemon's own) may connect. Non-browser clients send no Origin.
-        if !has_token
-            && let Some(origin) = head.header("origin")
-            && !same_origin(&origin, head.header("host").as_deref())
-        {
+        if !has_token && !names_this_host(head, local) {
             return Route::Plain(403, "Forbidden");
         }
         return Route::Upgrade;
@@ -174,17 +174,86 @@ pub(super) fn route(head: &Head, has_token: bool) -> Route {
     }
 }
 
-/// Whether `origin` (`scheme://host[:port]`) names the host the request
-/// was sent to.
-fn same_origin(origin: &str, host: Option<&str>) -> bool {
-    let Some(host) = host else {
+/// Without a token, whether an upgrade comes from this machine: its `Host`
+/// (and its `Origin`, if sent) must name a loopback host or the address the
+/// client connected to.
+///
+/// Any local process may connect anyway, so a page on a loopback origin
+/// gains nothing; a page elsewhere must not use this daemon's key through
+/// its visitor's browser. Comparing `Origin` with `Host` is not enough:
+/// DNS rebinding points the attacker's own name at 127.0.0.1, and the
+/// browser then sends that name in both. A name the attacker owns never
+/// passes here, since only `localhost` and address literals do.
+fn names_this_host(head: &Head, local: Option<SocketAddr>) -> bool {
+    let Some(host) = head.header("host") else {
         return false;
     };
-    let authority = origin
-        .split_once("://")
-        .map_or("", |(_, rest)| rest)
-        .trim_end_matches('/');
-    !authority.is_empty() && authority.eq_ignore_ascii_case(host.trim())
+    if !is_local_authority(&host, 80, local) {
+        return false;
+    }
+    let Some(origin) = head.header("origin") else {
+        // Non-browser clients send no Origin.
+        return true;
+    };
+    let (default_port, authority) = match origin.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (80, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (443, rest),
+        // `null` (a sandboxed or file page) and other schemes.
+        _ => return false,
+    };
+    is_local_authority(authority.trim_end_matches('/'), default_port, local)
+}
+
+/// Whether `authority` (`host[:port]`, `[v6]:port`) names a loopback host
+/// (`localhost`, 127.0.0.0/8, `[::1]`) on any port, or exactly `local`
+/// (its port being `default_port` if none is given).
+fn is_local_authority(authority: &str, default_port: u16, local: Option<SocketAddr>) -> bool {
+    let (ip, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        match v6.parse::<Ipv6Addr>() {
+            Ok(ip) => (Some(IpAddr::V6(ip)), port),
+            Err(_) => return false,
+        }
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if host.eq_ignore_ascii_case("localhost") {
+            (None, port)
+        } else {
+            match host.parse::<Ipv4Addr>() {
+                Ok(ip) => (Some(IpAddr::V4(ip)), port),
+                Err(_) => return false,
+            }
+        }
+    };
+    let port = match port {
+        None => default_port,
+        // Digits only: `u16::from_str` would also take a sign.
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            match port.parse::<u16>() {
+                Ok(port) => port,
+                Err(_) => return false,
+            }
+        }
+        Some(_) => return false,
+    };
+    let Some(ip) = ip.map(|ip| ip.to_canonical()) else {
+        // `localhost`.
+        return true;
+    };
+    ip.is_loopback()
+        || local.is_some_and(|local| local.ip().to_canonical() == ip && local.port() == port)
 }
 
 /// A checked WebSocket upgrade request.
@@ -362,32 +431,32 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(
-            route(&head("GET / HTTP/1.1\r\nHost: x"), false),
+            route(&head("GET / HTTP/1.1\r\nHost: x"), false, None),
             Route::Page { with_body: true }
         );
         assert_eq!(
-            route(&head("GET /?token=abc HTTP/1.1"), false),
+            route(&head("GET /?token=abc HTTP/1.1"), false, None),
             Route::Page { with_body: true }
         );
         assert_eq!(
-            route(&head("HEAD / HTTP/1.1"), false),
+            route(&head("HEAD / HTTP/1.1"), false, None),
             Route::Page { with_body: false }
         );
         assert_eq!(
-            route(&head("GET /nope HTTP/1.1"), false),
+            route(&head("GET /nope HTTP/1.1"), false, None),
             Route::Plain(404, "Not Found")
         );
         assert_eq!(
-            route(&head("POST / HTTP/1.1"), false),
+            route(&head("POST / HTTP/1.1"), false, None),
             Route::Plain(405, "Method Not Allowed")
         );
-        assert_eq!(route(&upgrade_head("/", ""), false), Route::Upgrade);
+        assert_eq!(route(&upgrade_head("/", ""), false, None), Route::Upgrade);
         assert_eq!(
-            route(&upgrade_head("/transcribe-websocket?x=1", ""), false),
+            route(&upgrade_head("/transcribe-websocket?x=1", ""), false, None),
             Route::Upgrade
         );
         assert_eq!(
-            route(&upgrade_head("/other", ""), false),
+            route(&upgrade_head("/other", ""), false, None),
             Route::Plain(404, "Not Found")
         );
         assert!(matches!(
@@ -416,14 +485,111 @@ mod tests {
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
     }
 
+    const LO: &str = "127.0.0.1:3001";
+    const LAN: &str = "192.168.1.5:3001";
+
+    /// Upgrades without a token: `Host` and `Origin` (`None`: not sent),
+    /// the address the client connected to, and whether it may upgrade.
+    const UNTOKENED: &[(Option<&str>, Option<&str>, &str, bool)] = &[
+        (Some("localhost"), None, LO, true),
+        (Some("LocalHost:3001"), None, LO, true),
+        (Some("localhost:1"), None, LO, true),
+        (Some("127.0.0.1:3001"), None, LO, true),
+        (Some("127.0.0.1"), None, LO, true),
+        (Some("127.255.0.9:80"), None, LO, true),
+        (Some("[::1]:3001"), None, LO, true),
+        (Some("[::1]"), None, LO, true),
+        (Some("[::ffff:127.0.0.1]:3001"), None, LO, true),
+        (Some("127.0.0.1:3001"), None, "not an address", true),
+        // Names an attacker may own, and what only looks local.
+        (Some("evil.example"), None, LO, false),
+        (Some("evil.example:3001"), None, LO, false),
+        (Some("localhost.evil.example:3001"), None, LO, false),
+        (Some("127.0.0.1.evil.example:3001"), None, LO, false),
+        (Some("sub.localhost:3001"), None, LO, false),
+        (Some("localhost.:3001"), None, LO, false),
+        (Some("0.0.0.0:3001"), None, LO, false),
+        (Some("192.168.1.5:3001"), None, LO, false),
+        (Some("127.1:3001"), None, LO, false),
+        (Some("2130706433:3001"), None, LO, false),
+        (Some("0x7f.0.0.1:3001"), None, LO, false),
+        (Some("[127.0.0.1]:3001"), None, LO, false),
+        (Some("::1"), None, LO, false),
+        (Some("[::1]x"), None, LO, false),
+        (Some("[::2]:3001"), None, LO, false),
+        (Some("localhost:"), None, LO, false),
+        (Some("localhost:+3001"), None, LO, false),
+        (Some("localhost:65536"), None, LO, false),
+        (Some("localhost:3001, evil.example"), None, LO, false),
+        (Some(""), None, LO, false),
+        (None, None, LO, false),
+        // The address connected to is the daemon's own; loopback still is.
+        (Some("192.168.1.5:3001"), None, LAN, true),
+        (Some("localhost:3001"), None, LAN, true),
+        (Some("192.168.1.5"), None, "192.168.1.5:80", true),
+        (Some("[fe80::1]:3001"), None, "[fe80::1]:3001", true),
+        (Some("192.168.1.5:3002"), None, LAN, false),
+        (Some("192.168.1.5"), None, LAN, false),
+        (Some("192.168.1.6:3001"), None, LAN, false),
+        (Some("lan.example:3001"), None, LAN, false),
+        // The Origin must be local too.
+        (Some(LO), Some("http://127.0.0.1:3001"), LO, true),
+        (Some(LO), Some("http://localhost:5173"), LO, true),
+        (Some(LO), Some("https://localhost"), LO, true),
+        (Some(LO), Some("HTTP://[::1]:8080/"), LO, true),
+        (Some(LO), Some("https://evil.example"), LO, false),
+        (Some(LO), Some("http://evil.example:3001"), LO, false),
+        (
+            Some(LO),
+            Some("http://localhost.evil.example:3001"),
+            LO,
+            false,
+        ),
+        (Some(LO), Some("null"), LO, false),
+        (Some(LO), Some("file://"), LO, false),
+        (Some(LO), Some("chrome-extension://abcdef"), LO, false),
+        (Some(LO), Some("127.0.0.1:3001"), LO, false),
+        (Some(LO), Some(""), LO, false),
+        (Some(LAN), Some("https://192.168.1.5:3001"), LAN, true),
+        (Some(LAN), Some("https://192.168.1.5"), LAN, false),
+        // DNS rebinding: the attacker's name in both, same origin.
+        (
+            Some("evil.example:3001"),
+            Some("http://evil.example:3001"),
+            LO,
+            false,
+        ),
+    ];
+
     #[test]
-    fn cross_origin_browsers_need_a_token() {
-        let same = upgrade_head("/", "\r\nOrigin: http://localhost:3001");
-        let other = upgrade_head("/", "\r\nOrigin: https://evil.example");
-        assert_eq!(route(&same, false), Route::Upgrade);
-        assert_eq!(route(&other, false), Route::Plain(403, "Forbidden"));
+    fn without_a_token_only_names_of_this_machine_may_upgrade() {
+        for &(host, origin, local, ok) in UNTOKENED {
+            let mut text = String::from(
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            );
+            for (name, value) in [("Host", host), ("Origin", origin)] {
+                if let Some(value) = value {
+                    text.push_str(&format!("\r\n{name}: {value}"));
+                }
+            }
+            let expected = if ok {
+                Route::Upgrade
+            } else {
+                Route::Plain(403, "Forbidden")
+            };
+            let got = route(&head(&text), false, local.parse().ok());
+            assert_eq!(got, expected, "Host {host:?}, Origin {origin:?} on {local}");
+        }
+    }
+
+    #[test]
+    fn with_a_token_any_names_may_upgrade() {
+        let other = upgrade_head(
+            "/",
+            "\r\nHost: evil.example\r\nOrigin: https://evil.example",
+        );
         assert_eq!(
-            route(&other, true),
+            route(&other, true, None),
             Route::Upgrade,
             "the token is the access rule then"
         );
@@ -470,7 +636,7 @@ mod tests {
         );
         assert_eq!(head.header("x-many").as_deref(), Some("a, b, "));
         assert_eq!(head.header("Host").as_deref(), Some("localhost:3001"));
-        assert_eq!(route(&head, false), Route::Upgrade);
+        assert_eq!(route(&head, false, None), Route::Upgrade);
         let upgrade = Upgrade::check(&head).expect("a valid upgrade");
         assert_eq!(upgrade.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }

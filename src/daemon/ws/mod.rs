@@ -3,10 +3,13 @@
 //! Everything a TCP client of the daemon sees goes through here, one job a
 //! file: [`http`] reads the request head (bounded in size and time), routes
 //! it between the browser page (`GET /`) and WebSocket upgrades (`/` and
-//! `/transcribe-websocket`) and checks the upgrade; [`start`] turns a Soniox
+//! `/transcribe-websocket`) and checks the upgrade; [`client`] is one
+//! connected client and how its connection ends; [`start`] turns a Soniox
 //! start request into the session's options and errors into Soniox error
-//! frames; [`relay`] moves frames between the client and its session;
-//! [`transcript`] folds the session's events into Soniox responses. This
+//! frames; [`relay`] moves frames between the client and its session, from
+//! the start request on, through the bounded [`inbox`] of what the client
+//! sent that its session has not taken yet; [`transcript`] folds the
+//! session's events into Soniox responses. This
 //! file owns one connection's course: accept, head, route, upgrade, then the
 //! start request, the key check and the launch.
 //!
@@ -19,15 +22,20 @@
 //!
 //! Security model: the client's key is only ever compared with the daemon's
 //! local token (when one is set): it is never forwarded, logged, or stored.
-//! Without a token, only same-origin browser pages may upgrade (see
-//! [`http::route`]), so another web page cannot use the daemon's key through
-//! a visitor's browser.
+//! Without a token, an upgrade must name this machine (a loopback host, or
+//! the address the client connected to) in its `Host` and `Origin` (see
+//! [`http::route`]), so a web page elsewhere cannot use the daemon's key
+//! through a visitor's browser, even by DNS rebinding; and [`warn_if_open`]
+//! says so when the endpoint listens beyond loopback without a token.
 //!
 //! Improvements over Soniox's "proxy stream" guide's example: frames that
 //! arrive while the upstream session connects go through one ordered channel
 //! into the session core's replay buffer, so they are never lost or
-//! reordered; errors are relayed as Soniox error frames; a client that goes
-//! away ends its upstream session at once.
+//! reordered; a client waiting in the queue is read meanwhile (its pings
+//! answered, its audio held for its session); errors are relayed as Soniox
+//! error frames; a client that goes away ends its upstream session, or
+//! gives up its place in the queue, at once, even while audio it sent
+//! before is still unread.
 //!
 //! WebSocket clients have no uid: they are registered as one remote
 //! pseudo-peer ([`REMOTE_PEER`], uid and gid `u32::MAX`) with no per-uid
@@ -35,7 +43,9 @@
 //! otherwise lock out the rest; the upstream limit and the queue still apply,
 //! and the local token is their access rule.
 
+mod client;
 mod http;
+mod inbox;
 mod relay;
 mod start;
 mod transcript;
@@ -44,8 +54,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -53,9 +61,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tracing::{Instrument, debug, info, info_span};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::{Instrument, debug, info_span, warn};
 
 use soniox_wire::{ApiError, StartRequest};
 
@@ -63,12 +70,14 @@ use super::Shared;
 use super::launch::{self, Client as LaunchClient, Refusal};
 use super::registry::Peer;
 use crate::config::resolve::{self, Origin};
+use client::Client;
 use http::{ClientKey, HeadError, Route, Upgrade};
 use relay::Relay;
-use start::{BOUNDS, api_error, key_matches, session_args};
+use start::{BOUNDS, key_matches, refusal_error, session_args};
 
 /// Largest WebSocket message (and frame) from a client: a minute of 16 kHz
-/// stereo f32 is under 8 MiB; anything larger is not streaming.
+/// stereo f32 is under 8 MiB; anything larger is not streaming, and gets
+/// 1009.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// A client must send its start request (or a keepalive) within this long.
 /// Soniox's own bound is undocumented; this is the emulator's default.
@@ -82,9 +91,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events queued from the session towards the client.
 const EVENT_QUEUE: usize = 1024;
-/// Audio messages queued from the client into the session (about 100 ms
-/// each); past it the client's socket is not read, so TCP holds it back.
-const AUDIO_QUEUE: usize = 8;
 /// Who a WebSocket client is in the registry: remote, no uid (see the
 /// module docs).
 const REMOTE_PEER: Peer = Peer {
@@ -93,7 +99,22 @@ const REMOTE_PEER: Peer = Peer {
     pid: None,
 };
 
-type Ws = WebSocketStream<TcpStream>;
+/// Warns (in the log and on stderr) when the endpoint listens on `addr`
+/// beyond loopback without a token: anyone who can reach it there may
+/// stream on the daemon's key. Called at start and after each reload.
+pub(super) fn warn_if_open(addr: Option<SocketAddr>, has_token: bool) {
+    let Some(addr) = addr else {
+        return;
+    };
+    if has_token || addr.ip().to_canonical().is_loopback() {
+        return;
+    }
+    let message = format!(
+        "the WebSocket endpoint on {addr} is not on a loopback address and has no token (--ws-token-file): anyone who can reach it may stream on the daemon's key"
+    );
+    warn!("{message}");
+    crate::filter::warn_user(&message);
+}
 
 /// Serves one TCP connection on the WebSocket endpoint to the end.
 pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -129,7 +150,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     let token = shared.ws_token();
-    match http::route(&head, token.is_some()) {
+    match http::route(&head, token.is_some(), stream.local_addr().ok()) {
         Route::Page { with_body } => {
             debug!("serving the page");
             http::respond_page(&mut stream, with_body).await;
@@ -161,49 +182,9 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             // WebSocket stream.
             let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
                 .await;
-            let (sink, stream) = ws.split();
-            let mut client = Client {
-                sink,
-                stream,
-                request_id: shared.new_session_id(),
-            };
+            let mut client = Client::new(ws, shared.new_session_id());
             run_client(&mut client, upgrade.key, token, &shared).await;
         }
-    }
-}
-
-/// One connected WebSocket client.
-struct Client {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
-    /// This connection's id: the session id, and `request_id` in errors.
-    request_id: String,
-}
-
-impl Client {
-    async fn send_text(&mut self, text: String) -> bool {
-        self.sink.send(Message::text(text)).await.is_ok()
-    }
-
-    /// Sends an error frame, then closes (Soniox closes right after an error).
-    async fn fail(&mut self, err: &ApiError) {
-        info!(code = err.code, error_type = %err.error_type, message = %err.message, "error sent to the client");
-        if self.send_text(err.to_json(&self.request_id)).await {
-            self.close().await;
-        }
-    }
-
-    /// Closes with 1000 and waits (bounded) for the client's reply.
-    async fn close(&mut self) {
-        let frame = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        if self.sink.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        let drain = async { while let Some(Ok(_)) = self.stream.next().await {} };
-        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
     }
 }
 
@@ -269,44 +250,36 @@ async fn run_client(
     let prepared = resolve::session(&session_args(&start), Origin::Client)
         .map_err(Refusal::Error)
         .and_then(|request| launch::prepare(shared, launch_client, &request));
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            client.fail(&refusal_error(&refusal)).await;
+            return;
+        }
+    };
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let admitted = match prepared {
-        Ok(prepared) => prepared.admit(&events_tx).await,
-        Err(refusal) => Err(refusal),
+    // Owns the events' sender until the session takes it.
+    let admission = async move {
+        let admitted = prepared.admit(&events_tx).await?;
+        Ok((admitted, events_tx))
     };
-    let admitted = match admitted {
-        Ok(admitted) => admitted,
-        Err(Refusal::Error(err)) => {
-            client.fail(&api_error(&err)).await;
-            return;
-        }
-        Err(Refusal::Stopping) => {
-            client
-                .fail(&ApiError::with_code(
-                    503,
-                    "The server is shutting down. Please restart the request.",
-                ))
-                .await;
-            return;
-        }
-    };
-    let progress = admitted.progress();
-    let frame = admitted_frame(&start);
-    let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
-    let running = admitted.spawn(client.request_id.clone(), input_rx, events_tx);
-    let relay = Relay::new(frame, timing.wall(IDLE_TIMEOUT), progress);
-    relay.run(client, running, input_tx, events_rx).await;
+    let (frame, bytes_per_second) = raw_layout(&start);
+    let relay = Relay::new(frame, bytes_per_second, timing.wall(IDLE_TIMEOUT));
+    relay.run(client, admission, events_rx).await;
 }
 
 /// Bytes in one audio frame of the start request's format (1 for
-/// containers).
-fn admitted_frame(start: &StartRequest) -> usize {
+/// containers), and in one second (`None` for containers).
+fn raw_layout(start: &StartRequest) -> (usize, Option<u64>) {
     let format = crate::audio::AudioFormat::raw(
         &start.audio_format,
         start.sample_rate.unwrap_or(1),
         start.num_channels.unwrap_or(1),
     );
-    format.bytes_per_frame().unwrap_or(1)
+    (
+        format.bytes_per_frame().unwrap_or(1),
+        format.bytes_per_second(),
+    )
 }
 
 /// Reads up to the start request, answering keepalives (allowed before it,
@@ -316,14 +289,14 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
     loop {
         let message = tokio::select! {
             () = shared.stop.cancelled() => {
-                client.fail(&ApiError::with_code(503, "The server is shutting down. Please restart the request.")).await;
+                client.fail(&refusal_error(&Refusal::Stopping)).await;
                 return Start::Gone;
             }
             () = sleep_until(deadline) => {
                 client.fail(&ApiError::with_code(408, "Start request timeout")).await;
                 return Start::Gone;
             }
-            message = client.stream.next() => message,
+            message = client.next() => message,
         };
         match message {
             Some(Ok(Message::Text(text))) => {
@@ -342,6 +315,10 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
                 return Start::Gone;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Err(err)) if client::is_too_big(&err) => {
+                client.too_big().await;
+                return Start::Gone;
+            }
             Some(Ok(Message::Close(_)) | Err(_)) | None => {
                 debug!("the client left before its start request");
                 return Start::Gone;
@@ -354,4 +331,30 @@ async fn wait_for_start(client: &mut Client, shared: &Shared, bound: Duration) -
 fn is_control(text: &str, kind: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some(kind))
+}
+
+/// Entry points for the fuzz targets (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use crate::config::resolve::{self, Origin};
+
+    /// A request head, routed and checked as a connection's would be.
+    pub(crate) fn http_head(bytes: &[u8]) {
+        if let Ok(Some((head, _))) = super::http::Head::parse(bytes) {
+            let local = "127.0.0.1:3001".parse().ok();
+            let _ = super::http::route(&head, false, local);
+            let _ = super::http::route(&head, true, local);
+            let _ = super::http::Upgrade::check(&head);
+        }
+    }
+
+    /// A start request, read and resolved as a client's.
+    pub(crate) fn start_request(text: &str) {
+        let Ok(map) = soniox_wire::fields::parse_object(text) else {
+            return;
+        };
+        if let Ok(start) = soniox_wire::StartRequest::read(map, &super::start::BOUNDS) {
+            let _ = resolve::session(&super::start::session_args(&start), Origin::Client);
+        }
+    }
 }

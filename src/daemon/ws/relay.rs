@@ -1,26 +1,30 @@
-//! The relay between a started WebSocket client and its session: audio in
-//! whole frames and control messages into the session (held back when the
-//! session's queue is full, so TCP slows the client), the session's events
-//! out as Soniox responses, the idle rule, and how a session's end, failure
-//! or a client's leaving ends the connection.
+//! The relay between a started WebSocket client and its session, from the
+//! start request on. While the client waits in the queue it is read into
+//! its [`Inbox`] (so its pings are answered), and its leaving gives up its
+//! place. Once the session runs: audio in whole frames and control
+//! messages into the session through the inbox (the client is held back
+//! when it is full, so TCP slows it), the session's events out as Soniox
+//! responses, the idle rule, and how a session's end, failure or refusal,
+//! or a client's leaving ends the connection, also when the client left
+//! while held back, with what it sent before still unread.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
 use soniox_wire::ApiError;
 
-use super::start::api_error;
+use super::CLOSE_GRACE;
+use super::client::{self, Client};
+use super::inbox::Inbox;
+use super::start::{api_error, refusal_error};
 use super::transcript::{Terminal, Transcript};
-use super::{CLOSE_GRACE, Client};
-use crate::daemon::launch::Running;
+use crate::daemon::launch::{Admitted, Refusal, Running};
 use crate::daemon::registry::{Progress, State};
 use crate::event::Event;
 use crate::session::{SessionInput, Summary};
@@ -28,6 +32,11 @@ use crate::timer::LazyTimer;
 
 /// Most events folded into one response.
 const MAX_BATCH: usize = 256;
+/// How often a client that is held back (not read) is probed for having
+/// left (see [`Client::probe`]).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Messages in the session's input channel; more wait in the [`Inbox`].
+const AUDIO_QUEUE: usize = 8;
 
 /// What a text frame after the start request means.
 #[derive(Debug, PartialEq)]
@@ -57,51 +66,88 @@ fn parse_control(text: &str) -> Control {
     }
 }
 
-/// Moves frames between a client and its session.
+/// What a client's message leaves the relay to do.
+enum Read {
+    /// Go on relaying.
+    More,
+    /// The client is gone: abandon the session.
+    Gone,
+    /// A message over the limit: abandon the session, close with 1009.
+    TooBig,
+    /// An invalid control message: abandon the session, send this.
+    Invalid(ApiError),
+}
+
+/// Moves frames between a client and its session, from the client's start
+/// request on: while it waits in the queue, and while its session runs.
 pub(super) struct Relay {
-    /// Bytes in one audio frame (1 for containers).
-    frame: usize,
     /// Wall time a streaming client may stay silent.
     idle: Duration,
-    progress: Arc<Progress>,
+    inbox: Inbox,
+    /// Where the session's audio and state are reported, once admitted.
+    progress: Option<Arc<Progress>>,
+    /// Audio bytes read while queued, reported once admitted.
+    unreported: u64,
 }
 
 impl Relay {
-    /// A relay for audio of `frame` bytes a frame (1 for containers), whose
-    /// client may stay silent for `idle` of wall time.
-    pub(super) fn new(frame: usize, idle: Duration, progress: Arc<Progress>) -> Relay {
+    /// A relay for audio of `frame` bytes a frame (1 for containers) and
+    /// `bytes_per_second` (`None` if unknown), whose client may stay silent
+    /// for `idle` of wall time once streaming.
+    pub(super) fn new(frame: usize, bytes_per_second: Option<u64>, idle: Duration) -> Relay {
         Relay {
-            frame,
             idle,
-            progress,
+            inbox: Inbox::new(frame, bytes_per_second),
+            progress: None,
+            unreported: 0,
         }
     }
 
-    /// Relays until the session ends, fails, or the client goes; the
-    /// client has been answered (or is gone) when it returns.
-    pub(super) async fn run(
-        self,
+    /// Relays until the session ends, fails, is refused, or the client
+    /// goes; the client has been answered (or is gone) when it returns.
+    ///
+    /// `admission` waits for an upstream slot, owning the sender of
+    /// `events` until it hands it over with the admitted session. While it
+    /// waits the client is read (its pings answered, its audio held in the
+    /// inbox); if the client leaves, `admission` is dropped, which gives up
+    /// its place.
+    pub(super) async fn run<A>(
+        mut self,
         client: &mut Client,
-        task: Running,
-        input_tx: mpsc::Sender<SessionInput>,
+        admission: A,
         mut events: mpsc::Receiver<Event>,
-    ) {
-        let mut input = Some(input_tx);
+    ) where
+        A: Future<Output = Result<(Admitted, mpsc::Sender<Event>), Refusal>>,
+    {
+        let mut admission = std::pin::pin!(admission);
+        // The session's input while it runs and its audio has not ended.
+        let mut input: Option<mpsc::Sender<SessionInput>> = None;
         // Declared after `input`, so dropped before it: an aborted session
-        // never sees its input close as an end of audio.
-        let mut task = task;
-        let mut pending: Option<SessionInput> = None;
-        let mut carry = BytesMut::new();
+        // never sees its input close as an end of audio. `None` while
+        // queued.
+        let mut task: Option<Running> = None;
         let mut transcript = Transcript::default();
         let mut idle_at = Instant::now() + self.idle;
         // Moves later with every message: one timer, not one per turn.
         let mut idle_timer = LazyTimer::new();
+        let mut probe_at = Instant::now();
+        let mut probe_timer = LazyTimer::new();
         let mut batch = Vec::with_capacity(16);
         loop {
-            let waiting = input.as_ref().filter(|_| pending.is_some()).cloned();
+            if input.is_some() && self.inbox.is_closed() && self.inbox.is_empty() {
+                // The client ended its audio and all it sent is in: the
+                // session drains and finishes.
+                input = None;
+                if let Some(progress) = &self.progress {
+                    progress.set_state(State::Draining);
+                }
+            }
+            let feeding = input.as_ref().filter(|_| !self.inbox.is_empty()).cloned();
+            let reading = self.inbox.has_room();
             tokio::select! {
                 biased;
-                count = events.recv_many(&mut batch, MAX_BATCH) => {
+                count = events.recv_many(&mut batch, MAX_BATCH), if task.is_some() => {
+                    let Some(running) = task.as_mut() else { continue };
                     let terminal = if count == 0 {
                         // The session ended without an `end` (no audio ever came).
                         Some(Terminal::End { audio_ms: 0 })
@@ -111,7 +157,7 @@ impl Relay {
                             && !client.send_text(frame.to_string()).await
                         {
                             info!(session = %client.request_id, "the client went away; session abandoned");
-                            task.abandon().await;
+                            running.abandon().await;
                             return;
                         }
                         terminal
@@ -119,7 +165,7 @@ impl Relay {
                     match terminal {
                         None => {}
                         Some(Terminal::End { audio_ms }) => {
-                            match outcome_within_grace(&mut task).await {
+                            match outcome_within_grace(running).await {
                                 Some(Ok(_)) => {}
                                 Some(Err(err)) => {
                                     client.fail(&api_error(&err)).await;
@@ -142,7 +188,7 @@ impl Relay {
                             // The session returns the error itself right after:
                             // it keeps the service's status, type and message.
                             drop(events);
-                            let err = match outcome_within_grace(&mut task).await {
+                            let err = match outcome_within_grace(running).await {
                                 Some(Err(err)) => api_error(&err),
                                 _ => from_event,
                             };
@@ -151,58 +197,78 @@ impl Relay {
                         }
                     }
                 }
-                permit = reserve(waiting), if pending.is_some() => match (permit, pending.take()) {
-                    (Some(permit), Some(message)) => {
-                        permit.send(message);
-                        // The client was held back, not silent: its idle
-                        // time starts now.
+                admitted = &mut admission, if task.is_none() => match admitted {
+                    Ok((admitted, events_tx)) => {
+                        let progress = admitted.progress();
+                        progress.add_audio(std::mem::take(&mut self.unreported));
+                        self.progress = Some(progress);
+                        let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
+                        task = Some(admitted.spawn(client.request_id.clone(), input_rx, events_tx));
+                        input = Some(input_tx);
+                        // What it sent while queued goes in first: the
+                        // client is silent only once that is in.
+                        idle_at = Instant::now() + self.idle;
+                    }
+                    Err(refusal) => {
+                        client.fail(&refusal_error(&refusal)).await;
+                        return;
+                    }
+                },
+                permit = reserve(feeding), if input.is_some() && !self.inbox.is_empty() => match permit {
+                    Some(permit) => {
+                        if let Some(message) = self.inbox.pop() {
+                            permit.send(message);
+                        }
+                        // The client was ahead, not silent: its idle time
+                        // starts when all it sent is in.
                         idle_at = Instant::now() + self.idle;
                     }
                     // The session no longer reads: its events say why.
-                    _ => input = None,
-                },
-                message = client.stream.next(), if pending.is_none() => {
-                    let text = match message {
-                        Some(Ok(Message::Binary(data))) if data.is_empty() => {
-                            self.end_audio(&mut input, &carry);
-                            continue;
-                        }
-                        Some(Ok(Message::Binary(data))) => {
-                            if input.is_none() {
-                                debug!(bytes = data.len(), "audio after the end of audio ignored");
-                                continue;
-                            }
-                            idle_at = Instant::now() + self.idle;
-                            pending = self.align(&mut carry, data).map(SessionInput::Audio);
-                            continue;
-                        }
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                            // Soniox treats a client's close as a cancel: the
-                            // upstream session is abandoned (the task guard).
-                            info!(session = %client.request_id, "the client went away; session abandoned");
-                            task.abandon().await;
-                            return;
-                        }
-                    };
-                    match parse_control(&text) {
-                        Control::EndOfAudio => self.end_audio(&mut input, &carry),
-                        Control::Keepalive => idle_at = Instant::now() + self.idle,
-                        Control::Finalize if input.is_some() => {
-                            idle_at = Instant::now() + self.idle;
-                            pending = Some(SessionInput::Finalize);
-                        }
-                        Control::Finalize => debug!("finalize after the end of audio ignored"),
-                        Control::Invalid(err) => {
-                            task.abandon().await;
-                            client.fail(&err).await;
-                            return;
-                        }
+                    None => {
+                        input = None;
+                        self.inbox.discard();
                     }
+                },
+                message = client.next(), if reading => {
+                    let read = self.read(message, &mut idle_at);
+                    let why = match read {
+                        Read::More => continue,
+                        Read::Gone => "the client went away",
+                        Read::TooBig => "a message over the limit",
+                        Read::Invalid(_) => "an invalid control message",
+                    };
+                    // Soniox treats a client's close as a cancel: the
+                    // upstream session is abandoned. A queued client's
+                    // place goes with `admission`.
+                    info!(session = %client.request_id, "{why}; session abandoned");
+                    if let Some(running) = task.as_mut() {
+                        running.abandon().await;
+                    }
+                    match read {
+                        Read::TooBig => client.too_big().await,
+                        Read::Invalid(err) => client.fail(&err).await,
+                        Read::More | Read::Gone => {}
+                    }
+                    return;
                 }
-                () = idle_timer.until(Some(idle_at)), if input.is_some() && pending.is_none() => {
-                    task.abandon().await;
+                // Not read (its inbox is full), the client's leaving would
+                // be seen only after all it sent before: that audio would
+                // be streamed (and billed) for nobody, or a queued client
+                // would keep its place.
+                () = probe_timer.until(Some(probe_at)), if !reading => {
+                    if client.departed() || !client.probe(PROBE_EVERY).await {
+                        info!(session = %client.request_id, "the client went away while held back; its unread audio is dropped and the session abandoned");
+                        if let Some(running) = task.as_mut() {
+                            running.abandon().await;
+                        }
+                        return;
+                    }
+                    probe_at = Instant::now() + PROBE_EVERY;
+                }
+                () = idle_timer.until(Some(idle_at)), if input.is_some() && self.inbox.is_empty() => {
+                    if let Some(running) = task.as_mut() {
+                        running.abandon().await;
+                    }
                     client.fail(&ApiError::with_code(408, "Request timeout.")).await;
                     return;
                 }
@@ -210,38 +276,46 @@ impl Relay {
         }
     }
 
-    /// The whole frames of `data` (with what `carry` held), keeping a
-    /// partial frame back for the next message.
-    ///
-    /// Chunks are copied out at their exact size: a frame's payload shares
-    /// tungstenite's read buffer, and a chunk kept in the replay buffer
-    /// would pin that whole block with it (122 KiB of RSS per session at
-    /// N = 1000 in benches/relay, against 81 KiB on the Unix socket).
-    fn align(&self, carry: &mut BytesMut, data: Bytes) -> Option<Bytes> {
-        self.progress.add_audio(data.len() as u64);
-        if carry.is_empty() && data.len().is_multiple_of(self.frame) {
-            return Some(Bytes::copy_from_slice(&data));
-        }
-        carry.extend_from_slice(&data);
-        let whole = carry.len() / self.frame * self.frame;
-        (whole > 0).then(|| {
-            let chunk = Bytes::copy_from_slice(&carry[..whole]);
-            carry.advance(whole);
-            chunk
-        })
-    }
-
-    /// The client ended its audio: the session drains and finishes.
-    fn end_audio(&self, input: &mut Option<mpsc::Sender<SessionInput>>, carry: &BytesMut) {
-        if input.take().is_some() {
-            if !carry.is_empty() {
-                debug!(
-                    bytes = carry.len(),
-                    "dropped a partial frame at the end of the audio"
-                );
+    /// Takes one read from the client into the inbox.
+    fn read(&mut self, message: Option<Result<Message, WsError>>, idle_at: &mut Instant) -> Read {
+        let text = match message {
+            Some(Ok(Message::Binary(data))) if data.is_empty() => {
+                self.inbox.end();
+                return Read::More;
             }
-            self.progress.set_state(State::Draining);
+            Some(Ok(Message::Binary(data))) => {
+                if !self.inbox.audio(&data) {
+                    debug!(bytes = data.len(), "audio after the end of audio ignored");
+                    return Read::More;
+                }
+                match &self.progress {
+                    Some(progress) => progress.add_audio(data.len() as u64),
+                    None => self.unreported += data.len() as u64,
+                }
+                *idle_at = Instant::now() + self.idle;
+                return Read::More;
+            }
+            Some(Ok(Message::Text(text))) => text,
+            // tungstenite answers pings as it reads.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                return Read::More;
+            }
+            Some(Err(err)) if client::is_too_big(&err) => return Read::TooBig,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Read::Gone,
+        };
+        match parse_control(&text) {
+            Control::EndOfAudio => self.inbox.end(),
+            Control::Keepalive => *idle_at = Instant::now() + self.idle,
+            Control::Finalize => {
+                if self.inbox.finalize() {
+                    *idle_at = Instant::now() + self.idle;
+                } else {
+                    debug!("finalize after the end of audio ignored");
+                }
+            }
+            Control::Invalid(err) => return Read::Invalid(err),
         }
+        Read::More
     }
 }
 

@@ -9,6 +9,7 @@ use soniox_wire::{ApiError, Bounds, StartRequest, Translation};
 
 use crate::cli::{ContextArg, SessionArgs};
 use crate::config::resolve;
+use crate::daemon::launch::Refusal;
 use crate::error::Error;
 
 /// The Soniox error frame for an error that ended a session.
@@ -39,6 +40,17 @@ pub(super) fn api_error(err: &Error) -> ApiError {
         | Error::Stalled(_)
         | Error::RetryBudgetSpent { .. } => ApiError::with_code(503, err.to_string()),
         _ => ApiError::with_code(500, err.to_string()),
+    }
+}
+
+/// The Soniox error frame for a session that was not started.
+pub(super) fn refusal_error(refusal: &Refusal) -> ApiError {
+    match refusal {
+        Refusal::Error(err) => api_error(err),
+        Refusal::Stopping => ApiError::with_code(
+            503,
+            "The server is shutting down. Please restart the request.",
+        ),
     }
 }
 
