@@ -34,3 +34,9 @@ pub fn http_head(bytes: &[u8]) {
 pub fn wav_fmt(body: &[u8]) {
     let _ = crate::input::wav::parse_fmt(body);
 }
+
+/// A Wyoming client's byte stream, as the daemon's Wyoming front end reads
+/// it: events, then what each one becomes.
+pub fn wyoming_events(bytes: &[u8]) {
+    crate::daemon::wyoming::fuzz_events(bytes);
+}

@@ -6,7 +6,7 @@ use crate::util::wer::word_error_rate;
 
 /// Whether the engine's files are there; when CI demands them
 /// (`STTPIPE_REQUIRE_LOCAL_ENGINE=1`, set by scripts/test), missing is a failure.
-fn engine_provisioned() -> bool {
+pub fn engine_provisioned() -> bool {
     let dir = util::engine_dir::default_engine_dir();
     let present = dir.as_ref().is_some_and(|d| d.join("lib").exists());
     if !present && std::env::var_os("STTPIPE_REQUIRE_LOCAL_ENGINE").is_some() {
@@ -82,7 +82,7 @@ async fn unreachable_service_falls_back_to_the_local_engine() {
 }
 
 /// The committed speech sample and its reference text.
-fn speech_fixture() -> (std::path::PathBuf, String) {
+pub fn speech_fixture() -> (std::path::PathBuf, String) {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let reference = std::fs::read_to_string(fixtures.join("speech-16k.txt")).unwrap();
     (fixtures.join("speech-16k.wav"), reference)

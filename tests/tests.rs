@@ -29,5 +29,7 @@ mod browser;
 mod sdk;
 // The offline engine on real speech.
 mod local;
+// The Wyoming front end, through the official wyoming package's client.
+mod wyoming;
 // What an adversarial pass found, one test per finding.
 mod hardening;

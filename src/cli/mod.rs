@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use groups::{LocalEngineArgs, ReliabilityArgs, ServiceArgs};
 pub(crate) use session_args::{ContextArg, SessionArgs};
-use values::{EngineChoice, FallbackChoice, OutputFormat, Seconds};
+use values::{EngineChoice, FallbackChoice, IpNet, ListenAddr, OutputFormat, Seconds};
 
 /// Where the daemon listens by default (and where sttpipe.socket puts it).
 pub(crate) const DEFAULT_SOCKET: &str = "/run/sttpipe/sttpipe.sock";
@@ -115,7 +115,8 @@ pub(crate) struct Opts {
 pub(crate) enum Command {
     /// Run the daemon: a Unix socket that multiplexes client sessions onto
     /// Soniox with the daemon's key, within Soniox's quotas; optionally a
-    /// Soniox-compatible WebSocket endpoint. See sttpipe-protocol(7).
+    /// Soniox-compatible WebSocket endpoint and a Wyoming server for Home
+    /// Assistant. See sttpipe-protocol(7).
     Serve(Box<ServeArgs>),
     /// Print the daemon's status as JSON: sessions, queue, upstream usage.
     Status(StatusArgs),
@@ -178,6 +179,28 @@ pub(crate) struct ServeArgs {
     /// their API key; without it, anyone who can reach the endpoint may use it.
     #[arg(long, value_name = "PATH")]
     pub(crate) ws_token_file: Option<PathBuf>,
+
+    /// Also serve the Wyoming protocol, Home Assistant's speech-to-text, on
+    /// HOST or HOST:PORT (port 10300 when left out), e.g. 0.0.0.0 for the
+    /// local network; see --wyoming-allow.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) wyoming_listen: Option<ListenAddr>,
+
+    /// Wyoming clients that may connect besides loopback (always allowed):
+    /// addresses or ADDR/PREFIX blocks, comma-separated, e.g.
+    /// 192.168.1.0/24 [default: loopback only].
+    #[arg(long, value_name = "NETS", value_delimiter = ',')]
+    pub(crate) wyoming_allow: Vec<IpNet>,
+
+    /// Wyoming: end a turn at Soniox's endpoint (the `transcript` goes out
+    /// when the speaker stops) and tell clients they need no VAD of their own.
+    #[arg(long)]
+    pub(crate) wyoming_endpointing: bool,
+
+    /// Wyoming: answer with the final `transcript` only, no
+    /// transcript-start, transcript-chunk or transcript-stop.
+    #[arg(long)]
+    pub(crate) wyoming_no_streaming: bool,
 
     /// Upstream connections kept open and ready, so that a session's first
     /// audio goes out without a handshake.

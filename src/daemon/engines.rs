@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use crate::cli::values::EngineChoice;
+use crate::cli::values::{EngineChoice, LocalModel};
 use crate::config::{ApiKey, EngineRequest, ServiceConfig};
 use crate::engine::local::LocalEngine;
 use crate::engine::soniox::SonioxEngine;
@@ -22,6 +22,17 @@ use crate::error::{Error, Result};
 
 use super::Settings;
 use super::admission::Admission;
+
+/// What sessions run by default: see [`Engines::summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EngineSummary {
+    /// The engine of sessions that ask for none.
+    pub(crate) default: EngineChoice,
+    /// The local engine's model, when the daemon runs it.
+    pub(crate) local_model: Option<LocalModel>,
+    /// Whether Soniox sessions fall back to the local engine.
+    pub(crate) fallback: bool,
+}
 
 /// The engines of one generation of the daemon's settings.
 #[derive(Debug, Clone)]
@@ -87,6 +98,28 @@ impl Engines {
             info!(model = local.model().name(), dir = %local.dir().display(), "local engine loaded");
         }
         Ok(())
+    }
+
+    /// What a session that asks for nothing runs, for front ends that
+    /// describe the daemon (Wyoming's `info`).
+    pub(crate) fn summary(&self) -> EngineSummary {
+        EngineSummary {
+            default: self.default,
+            local_model: self.local.as_ref().map(LocalEngine::model),
+            fallback: self.fallback && self.local.is_some(),
+        }
+    }
+
+    /// Whether a session that asks for `request` may run on the local
+    /// engine, at its start or by falling back (so its audio must be what
+    /// that engine takes: mono).
+    pub(crate) fn may_run_local(&self, request: EngineRequest) -> bool {
+        match request.engine.unwrap_or(self.default) {
+            EngineChoice::Local => true,
+            EngineChoice::Soniox => {
+                (request.fallback_local || self.fallback) && self.local.is_some()
+            }
+        }
     }
 
     /// The engines for a session whose client asked for `request`.

@@ -6,7 +6,8 @@
 //! session (the rest wait in a bounded queue, then get `busy`), and a rate
 //! limit on new upstream sessions. Optionally it also speaks the Soniox
 //! WebSocket protocol itself ([`ws`]), so browsers and Soniox clients can
-//! stream through it without the key.
+//! stream through it without the key, and the Wyoming protocol
+//! ([`wyoming`]), so Home Assistant can.
 //!
 //! Lifecycle, under systemd `Type=notify`: `READY=1` once the key is loaded
 //! and the socket listens; `STATUS=` with live counts; `WATCHDOG=1` from the
@@ -22,6 +23,7 @@ mod registry;
 mod settings;
 mod unix;
 mod ws;
+pub(crate) mod wyoming;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use ws::fuzz as ws_fuzz;
@@ -51,7 +53,7 @@ use crate::systemd::{ListenFds, Notifier};
 use admission::Admission;
 use engines::Engines;
 use registry::{Peer, Registry};
-use settings::{Access, Settings};
+use settings::{Access, Settings, WyomingRules};
 
 /// State shared by the accept loop and every client.
 #[derive(Debug)]
@@ -104,6 +106,10 @@ impl Shared {
 
     fn engines(&self) -> Engines {
         Self::lock(&self.engines).clone()
+    }
+
+    fn wyoming_rules(&self) -> WyomingRules {
+        Self::lock(&self.settings).wyoming.clone()
     }
 
     fn ws_token(&self) -> Option<String> {
@@ -361,6 +367,14 @@ async fn serve(
             None => None,
         },
     };
+    let wyoming = match settings.wyoming_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         engines: Mutex::new(engines),
         admission,
@@ -386,6 +400,9 @@ async fn serve(
     notifier.ready(&shared.status_line());
     if let Some(ws) = &ws {
         info!(addr = ?ws.local_addr().ok(), "serving the Soniox WebSocket protocol");
+    }
+    if let Some(wyoming) = &wyoming {
+        info!(addr = ?wyoming.local_addr().ok(), "serving the Wyoming protocol");
     }
     loop {
         tokio::select! {
@@ -417,12 +434,19 @@ async fn serve(
                 }
                 Err(err) => accept_failed(err).await,
             },
+            accepted = accept_tcp(wyoming.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    tracker.spawn(wyoming::handle(stream, peer, shared.clone()));
+                }
+                Err(err) => accept_failed(err).await,
+            },
         }
     }
     let sessions = shared.registry.len();
     notifier.stopping(&format!("draining {sessions} sessions"));
     info!(sessions, "stopping: draining every session's final tokens");
     drop(listener);
+    drop(wyoming);
     shared.stop.cancel();
     tracker.close();
     let drain = {

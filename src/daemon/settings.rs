@@ -7,7 +7,7 @@
 //! fills in a flag left at its default; an unknown key is an error. There
 //! is no second list of settings to keep in step with the flags.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::admission::Limits;
 use super::registry::Peer;
 use crate::cli::ServeArgs;
-use crate::cli::values::{EngineChoice, FallbackChoice};
+use crate::cli::values::{EngineChoice, FallbackChoice, IpNet};
 use crate::config::{LocalEngineConfig, SessionLimits, Timing, resolve};
 use crate::error::{Error, Result};
 
@@ -42,6 +42,25 @@ impl Access {
             || (self.uids.is_empty() && self.gids.is_empty())
             || self.uids.contains(&peer.uid)
             || self.gids.contains(&peer.gid)
+    }
+}
+
+/// The Wyoming front end's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WyomingRules {
+    /// Clients allowed besides loopback.
+    pub(crate) allow: Vec<IpNet>,
+    /// Whether Soniox's endpoint ends a turn.
+    pub(crate) endpointing: bool,
+    /// Whether transcripts stream (transcript-start, -chunk, -stop).
+    pub(crate) streaming: bool,
+}
+
+impl WyomingRules {
+    /// Whether a client at `ip` may connect: loopback always (anyone on
+    /// this machine can reach the Unix socket too), else only the listed.
+    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+        ip.to_canonical().is_loopback() || self.allow.iter().any(|net| net.contains(ip))
     }
 }
 
@@ -70,6 +89,10 @@ pub(crate) struct Settings {
     pub(crate) ws_listen: Option<SocketAddr>,
     /// Token file for the WebSocket endpoint.
     pub(crate) ws_token_file: Option<PathBuf>,
+    /// Wyoming listener address.
+    pub(crate) wyoming_listen: Option<SocketAddr>,
+    /// The Wyoming front end's rules.
+    pub(crate) wyoming: WyomingRules,
     /// Warm upstream connections.
     pub(crate) warm_pool: usize,
     /// Drain bound on SIGTERM.
@@ -119,6 +142,12 @@ impl Settings {
             socket_group: args.socket_group,
             ws_listen: args.ws_listen,
             ws_token_file: args.ws_token_file,
+            wyoming_listen: args.wyoming_listen.map(|addr| addr.0),
+            wyoming: WyomingRules {
+                allow: args.wyoming_allow,
+                endpointing: args.wyoming_endpointing,
+                streaming: !args.wyoming_no_streaming,
+            },
             warm_pool: args.warm_pool,
             drain_timeout: args.drain_timeout.get(),
             header_timeout: args.header_timeout.get(),
@@ -249,6 +278,48 @@ mod tests {
         assert!(listed.allows(&peer(7, 50)));
         assert!(listed.allows(&peer(0, 0)), "root always may");
         assert!(!listed.allows(&peer(1001, 1001)));
+    }
+
+    #[test]
+    fn wyoming_clients_are_loopback_only_unless_listed() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let settings = resolve(&["--config", "/dev/null", "--wyoming-listen", "0.0.0.0"]).unwrap();
+        assert_eq!(
+            settings.wyoming_listen,
+            Some("0.0.0.0:10300".parse().unwrap())
+        );
+        assert!(settings.wyoming.streaming && !settings.wyoming.endpointing);
+        let rules = &settings.wyoming;
+        assert!(rules.allows(ip("127.0.0.1")) && rules.allows(ip("::1")));
+        assert!(rules.allows(ip("::ffff:127.0.0.2")));
+        assert!(!rules.allows(ip("192.168.1.20")));
+        let settings = resolve(&[
+            "--config",
+            "/dev/null",
+            "--wyoming-allow",
+            "192.168.1.0/24,fd00::/8",
+            "--wyoming-no-streaming",
+            "--wyoming-endpointing",
+        ])
+        .unwrap();
+        let rules = &settings.wyoming;
+        assert!(rules.allows(ip("192.168.1.20")) && rules.allows(ip("fd00::5")));
+        assert!(!rules.allows(ip("192.168.2.20")));
+        assert!(rules.allows(ip("127.0.0.1")), "loopback always may");
+        assert!(!rules.streaming && rules.endpointing);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sttpipe.toml");
+        std::fs::write(
+            &file,
+            "wyoming_listen = \"[::]:10301\"\nwyoming_allow = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let settings = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(settings.wyoming_listen, Some("[::]:10301".parse().unwrap()));
+        assert!(settings.wyoming.allows(ip("10.9.8.7")));
+        std::fs::write(&file, "wyoming_allow = [\"10.0.0.1/8\"]\n").unwrap();
+        assert!(resolve(&["--config", file.to_str().unwrap()]).is_err());
     }
 
     #[test]
