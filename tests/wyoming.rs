@@ -124,11 +124,11 @@ async fn describe_answers_with_an_asr_program() {
     assert_eq!(program["requires_external_vad"], true, "{info}");
     let description = program["description"].as_str().unwrap();
     assert!(
-        description.contains("Soniox") && description.contains("stt-rt-v5"),
+        description.contains("Soniox") && description.contains("stt-rt-v6"),
         "{description}"
     );
     let model = &program["models"][0];
-    assert_eq!(model["name"], "stt-rt-v5");
+    assert_eq!(model["name"], "stt-rt-v6");
     assert!(
         model["languages"]
             .as_array()

@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(asr["supports_transcript_streaming"], true);
         assert_eq!(asr["requires_external_vad"], true);
         let model = &asr["models"][0];
-        assert_eq!(model["name"], "stt-rt-v5");
+        assert_eq!(model["name"], crate::cli::session_args::DEFAULT_MODEL);
         assert!(
             model["languages"]
                 .as_array()
@@ -425,7 +425,8 @@ mod tests {
         assert_eq!(model["languages"].as_array().unwrap().len(), 60);
         let description = asr["description"].as_str().unwrap();
         assert!(
-            description.contains("Soniox") && description.contains("stt-rt-v5"),
+            description.contains("Soniox")
+                && description.contains(crate::cli::session_args::DEFAULT_MODEL),
             "{description}"
         );
         assert!(description.contains("Moonshine tiny-en"), "{description}");
