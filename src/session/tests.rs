@@ -38,6 +38,8 @@ fn config() -> SessionConfig {
         replay_buffer: Duration::from_secs(300),
         max_session: Duration::from_secs(300 * 60),
         retry_budget: Duration::from_secs(60),
+        connect_budget: Duration::from_secs(60),
+        tell_user: None,
         timing: Timing::REAL,
     }
 }
