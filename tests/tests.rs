@@ -27,5 +27,7 @@ mod browser;
 mod sdk;
 // The offline engine on real speech.
 mod local;
+// Media files and FILE operands: every decoded format, one timeline, `-`.
+mod media;
 // What an adversarial pass found, one test per finding.
 mod hardening;
