@@ -230,6 +230,18 @@ fn start(
     Ok(rx)
 }
 
+/// Sniffs and decodes `bytes` as the reader does a stream, counting the
+/// samples: for the fuzz targets and the decode benchmark.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_in_memory(bytes: &[u8]) -> Option<u64> {
+    let sniff::Sniffed::Media(media) = sniff::sniff(bytes, true) else {
+        return None;
+    };
+    let source = Box::new(std::io::Cursor::new(bytes.to_vec()));
+    let decoded = decode::decode::<()>(source, media, &mut |_| Ok(())).ok()?;
+    Some(decoded.samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
