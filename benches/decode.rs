@@ -5,8 +5,7 @@
 //! `cargo bench --bench decode --features fuzzing` (release build; the
 //! feature exposes the decoder). The input is `tests/fixtures/speech-16k.wav`
 //! looped to ten minutes and encoded by ffmpeg as MP3 (44.1 kHz stereo,
-//! 128 kb/s), FLAC, Ogg Vorbis, M4A (AAC, fragmented: ffmpeg writes to a
-//! pipe) and 48 kHz stereo WebM (Vorbis),
+//! 128 kb/s), FLAC, Ogg Vorbis, M4A (AAC) and 48 kHz stereo WebM (Vorbis),
 //! held in memory, so no reading is timed. Each format is decoded
 //! `BENCH_RUNS` times (default 3) on one thread; the figure is the median
 //! thread CPU time, scaled to an hour of audio, and the real-time factor of
