@@ -34,7 +34,10 @@ pub fn run() -> ExitCode {
             let _ = err.print();
             return ExitCode::from(EXIT_OK);
         }
-        Err(err) => return fail(&Error::Usage(usage_line(&err))),
+        Err(err) => {
+            let text = text_output_asked(std::env::args_os().skip(1));
+            return fail(&Error::Usage(usage_line(&err)), text);
+        }
     };
     match opts.command {
         Some(Command::Serve(serve)) => {
@@ -42,7 +45,7 @@ pub fn run() -> ExitCode {
             let fds = match crate::systemd::take_listen_fds() {
                 Ok(fds) => fds,
                 Err(err) => {
-                    return fail(&Error::Config(format!("LISTEN_FDS: {err}")));
+                    return fail(&Error::Config(format!("LISTEN_FDS: {err}")), false);
                 }
             };
             logging::init(serve.verbose);
@@ -68,9 +71,10 @@ pub fn run() -> ExitCode {
         }
         None => {
             logging::init(opts.verbose);
+            let text = opts.format == crate::cli::values::OutputFormat::Text;
             let config = match FilterConfig::from_opts(opts, &|name| std::env::var(name).ok()) {
                 Ok(config) => config,
-                Err(err) => return fail(&err),
+                Err(err) => return fail(&err, text),
             };
             match filter::run(config) {
                 Exit::Code(code) => ExitCode::from(code),
@@ -94,24 +98,52 @@ fn client_status(socket: &std::path::Path) -> Result<String, Error> {
         .block_on(crate::client::status(socket))
 }
 
-/// Reports an error that came before any session: one line on stderr, one
-/// `error` event on stdout.
-fn fail(err: &Error) -> ExitCode {
+/// Reports an error that came before any session: one line on stderr, and
+/// one `error` event on stdout unless the output is text for people
+/// (`text`), which never holds JSON.
+fn fail(err: &Error, text: bool) -> ExitCode {
     filter::report(err);
-    output::write_event_now(&crate::event::Event::error(err));
+    if !text {
+        output::write_event_now(&crate::event::Event::error(err));
+    }
     ExitCode::from(err.exit_code())
 }
 
-/// clap's message, on one line, with the way to more help.
+/// Whether the command line, unparsable as it is, asks for `--format text`.
+fn text_output_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut previous_was_format = false;
+    for arg in args {
+        if arg == "--format=text" || (previous_was_format && arg == "text") {
+            return true;
+        }
+        previous_was_format = arg == "--format";
+    }
+    false
+}
+
+/// clap's message on one line, with what it adds (the valid values, a
+/// similar name) and the way to more help.
 fn usage_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
-    let first = rendered
+    let mut lines = rendered
         .lines()
+        .map(str::trim)
+        // The usage synopsis and the help hint follow the details.
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+        .filter(|line| !line.is_empty());
+    let first = lines
         .next()
         .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
+        .trim_start_matches("error: ")
+        .to_owned();
+    let details: Vec<&str> = lines.collect();
+    let line = if details.is_empty() {
+        first
+    } else {
+        format!("{first} {}", details.join(" "))
+    };
     if err.kind() == ErrorKind::MissingRequiredArgument {
-        return format!("{first} (see sttpipe --help)");
+        return format!("{line} (see sttpipe --help)");
     }
-    format!("{first}; see sttpipe --help")
+    format!("{line}; see sttpipe --help")
 }

@@ -6,7 +6,7 @@
 //! the finals within `--drain-timeout`; a second SIGINT exits at once;
 //! SIGUSR1 finalizes (push-to-talk).
 
-use std::io;
+use std::io::{self, IsTerminal};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -132,9 +132,15 @@ async fn stream(
     };
     // The reader's first event says what the stream really holds (a WAV
     // header decides it). A FIFO may make this wait for its first writer.
-    let first = tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        first = input.recv() => first,
+    let first = loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            first = input.recv() => first,
+        };
+        match first {
+            Some(InputEvent::Warning(message)) => warn_user(&message),
+            other => break other,
+        }
     };
     match first {
         Some(InputEvent::Format(format)) => session_config.audio = format,
@@ -211,6 +217,7 @@ async fn prepare(
     config: FilterConfig,
 ) -> Result<(Upstream, SessionConfig, mpsc::Receiver<InputEvent>), Error> {
     let mut session = config.session;
+    session.tell_user = Some(warn_user);
     let partials = session.partials;
     let fallback = match &config.fallback {
         Some(local) => Some(Engine::Local(
@@ -227,6 +234,9 @@ async fn prepare(
             // Real-time pace is the service's rule; the local engine takes a
             // file as fast as it can decode it.
             session.max_lead = crate::session::UNPACED;
+            for ignored in crate::engine::local::ignored_options(&session.recognition) {
+                warn_user(&ignored);
+            }
             Upstream::Engines(SessionEngines {
                 engine: Engine::Local(LocalEngine::new(&local)?.with_partials(partials)),
                 fallback,
@@ -234,6 +244,11 @@ async fn prepare(
         }
         Target::Daemon { socket, header } => Upstream::Daemon { socket, header },
     };
+    if config.input.sources.contains(&input::Source::Stdin) && io::stdin().is_terminal() {
+        warn_user(
+            "reading audio from the terminal: give a FILE, or pipe audio in (Ctrl-C to stop)",
+        );
+    }
     let input = input::spawn(config.input)?;
     Ok((upstream, session, input))
 }
@@ -254,6 +269,10 @@ async fn pump_input(
             event = input.recv() => match event {
                 Some(InputEvent::Audio(bytes)) => SessionInput::Audio(bytes),
                 Some(InputEvent::WriterClosed) => SessionInput::Finalize,
+                Some(InputEvent::Warning(message)) => {
+                    warn_user(&message);
+                    continue;
+                }
                 Some(InputEvent::PartialFrameDropped(bytes)) => {
                     warn_user(&format!(
                         "dropped {bytes} trailing byte{} that did not make a whole sample frame",
@@ -265,7 +284,7 @@ async fn pump_input(
                 // A later FIFO writer's WAV header: one stream has one format.
                 Some(InputEvent::Format(next)) if next == format => continue,
                 Some(InputEvent::Format(next)) => SessionInput::Failed(Error::BadAudio(format!(
-                    "a later writer sent {next}, but the stream is {format}"
+                    "a later input is {next}, but the stream is {format}"
                 ))),
                 None => return,
             },

@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `crates/fuzz` (the `fuzzing`
 //! feature only): the parsers that take untrusted bytes (a socket header, a
-//! WebSocket request head and start request, a WAV header), driven as the
-//! daemon and the filter drive them. A panic anywhere below is a finding.
+//! WebSocket request head and start request, a WAV header, a media file),
+//! driven as the daemon and the filter drive them. The decode benchmark
+//! (`benches/decode.rs`) times [`decode_media`]. A panic anywhere below is a finding.
 //! Nothing here reads files or opens connections: a client's options are
 //! resolved as a client's ([`Origin::Client`]).
 
@@ -39,4 +40,11 @@ pub fn wav_fmt(body: &[u8]) {
 /// it: events, then what each one becomes.
 pub fn wyoming_events(bytes: &[u8]) {
     crate::daemon::wyoming::fuzz_events(bytes);
+}
+
+/// A media file in memory, sniffed and decoded as the input reader does:
+/// the count of 16 kHz samples it gives, `None` if it is no media sttpipe
+/// decodes or does not decode.
+pub fn decode_media(bytes: &[u8]) -> Option<u64> {
+    crate::input::decode_in_memory(bytes)
 }

@@ -298,7 +298,8 @@ async fn bad_flags_exit_64() {
         &["--region", "mars"],
         &["--url", "http://example.com"],
         &["--format", "xml"],
-        &["surplus-argument"],
+        // A FILE operand and --input at once.
+        &["--input", "a.wav", "b.wav"],
     ] {
         let mut command = util::sttpipe(None, Some(KEY));
         command.args(args);

@@ -6,7 +6,7 @@ use crate::util::wer::word_error_rate;
 
 /// Whether the engine's files are there; when CI demands them
 /// (`STTPIPE_REQUIRE_LOCAL_ENGINE=1`, set by scripts/test), missing is a failure.
-pub fn engine_provisioned() -> bool {
+pub(crate) fn engine_provisioned() -> bool {
     let dir = util::engine_dir::default_engine_dir();
     let present = dir.as_ref().is_some_and(|d| d.join("lib").exists());
     if !present && std::env::var_os("STTPIPE_REQUIRE_LOCAL_ENGINE").is_some() {

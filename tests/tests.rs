@@ -31,5 +31,7 @@ mod sdk;
 mod local;
 // The Wyoming front end, through the official wyoming package's client.
 mod wyoming;
+// Media files and FILE operands: every decoded format, one timeline, `-`.
+mod media;
 // What an adversarial pass found, one test per finding.
 mod hardening;

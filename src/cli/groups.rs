@@ -16,6 +16,8 @@ pub(crate) const DEFAULT_REPLAY_BUFFER: Seconds = Seconds::from_secs(300);
 pub(crate) const DEFAULT_MAX_SESSION: Seconds = Seconds::from_secs(18_000);
 /// Longest outage before giving up.
 pub(crate) const DEFAULT_RETRY_BUDGET: Seconds = Seconds::from_secs(300);
+/// Longest wait for a stream's first upstream session.
+pub(crate) const DEFAULT_CONNECT_BUDGET: Seconds = Seconds::from_secs(30);
 /// The filter's bound on the drain after SIGINT or SIGTERM.
 pub(crate) const DEFAULT_FILTER_DRAIN: Seconds = Seconds::from_secs(5);
 
@@ -113,6 +115,16 @@ pub(crate) struct ReliabilityArgs {
         help_heading = "Reliability"
     )]
     pub(crate) retry_budget: Seconds,
+
+    /// Give up after SECS when no upstream session has opened yet (a wrong
+    /// URL, no network); once one has, --retry-budget applies.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_CONNECT_BUDGET,
+        help_heading = "Reliability"
+    )]
+    pub(crate) connect_budget: Seconds,
 
     /// After SIGINT or SIGTERM, wait at most SECS for the final tokens.
     #[arg(

@@ -42,11 +42,16 @@ pub(crate) const DEFAULT_FIRST_AUDIO_TIMEOUT: Seconds = Seconds::from_secs(30);
 
 /// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
 ///
-/// Reads raw audio (pcm_s16le, 16 kHz, mono by default) from stdin, a file or
-/// a named FIFO, streams it to Soniox at real-time pace, and writes the
-/// transcript to stdout as NDJSON, one event a line, flushed as it arrives.
+/// Reads audio from FILEs (one after another, on one timeline), or stdin,
+/// or a named FIFO: WAV, MP3, FLAC, Ogg Vorbis, MP4/M4A (AAC),
+/// Matroska/WebM, AIFF are recognised and decoded here; anything else is raw
+/// audio (pcm_s16le, 16 kHz, mono unless --audio-format, --rate and
+/// --channels say otherwise). Streams it to Soniox at real-time pace (files
+/// too: Soniox takes audio no faster), or to the local engine as fast as it
+/// decodes, and writes the transcript to stdout as NDJSON, one event a line,
+/// flushed as it arrives.
 ///
-/// Example: ffmpeg -loglevel error -i talk.mp3 -f s16le -ar 16000 -ac 1 - | sttpipe | jq -j 'select(.type=="token").text'
+/// Example: sttpipe --format text talk.mp3
 ///
 /// The API key comes from SONIOX_API_KEY, --api-key-file, or
 /// $CREDENTIALS_DIRECTORY/soniox-api-key; never from the command line.
@@ -63,9 +68,20 @@ pub(crate) struct Opts {
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 
+    /// Audio files to read one after another, on one timeline (`-` for
+    /// stdin); without any, stdin.
+    #[arg(value_name = "FILE", conflicts_with = "input")]
+    pub(crate) files: Vec<PathBuf>,
+
     /// Read audio from PATH (a file or a named FIFO) instead of stdin.
     #[arg(short, long, value_name = "PATH", help_heading = "Input")]
     pub(crate) input: Option<PathBuf>,
+
+    /// Send the input to Soniox as it is, undecoded (audio_format auto):
+    /// for a format sttpipe does not decode. Such input cannot be replayed
+    /// after a reconnect, nor rotated, nor given to the local engine.
+    #[arg(long, conflicts_with = "audio_format", help_heading = "Input")]
+    pub(crate) passthrough: bool,
 
     /// Keep reading a FIFO across writers: each writer's audio is finalized
     /// when it closes, and the next writer's audio continues the stream.

@@ -215,6 +215,12 @@ pub(crate) struct SessionConfig {
     pub(crate) max_session: Duration,
     /// Longest outage before giving up.
     pub(crate) retry_budget: Duration,
+    /// Longest wait for the first upstream session to open, at most
+    /// `retry_budget`.
+    pub(crate) connect_budget: Duration,
+    /// Where to tell the user at once that the service cannot be reached
+    /// (the filter's stderr); `None` in the daemon, whose log says it.
+    pub(crate) tell_user: Option<fn(&str)>,
     /// Time scale of pacing and every timer above.
     pub(crate) timing: Timing,
 }
@@ -236,6 +242,8 @@ impl SessionConfig {
             replay_buffer: limits.replay_buffer,
             max_session: limits.max_session,
             retry_budget: limits.retry_budget,
+            connect_budget: limits.retry_budget,
+            tell_user: None,
             timing,
         }
     }

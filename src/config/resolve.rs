@@ -14,7 +14,7 @@
 //! written request never holds a key twice.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -341,8 +341,14 @@ impl FilterConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FilterConfig> {
         let timing = Timing::from_env(env)?;
-        let request = session(&opts.session, Origin::CommandLine)?;
-        let session = SessionConfig::new(&request, &limits(&opts.reliability)?, timing);
+        let mut session_args = opts.session.clone();
+        if opts.passthrough {
+            // Soniox detects and decodes the format itself.
+            session_args.audio_format = "auto".to_owned();
+        }
+        let request = session(&session_args, Origin::CommandLine)?;
+        let mut session = SessionConfig::new(&request, &limits(&opts.reliability)?, timing);
+        session.connect_budget = opts.reliability.connect_budget.get();
         let local = LocalEngineConfig::from(&opts.local_engine);
         let target = match (&opts.connect, request.engines.engine) {
             // Through a daemon, the daemon's key, endpoint and engines serve.
@@ -373,12 +379,10 @@ impl FilterConfig {
         Ok(FilterConfig {
             input: InputOptions {
                 format: session.audio.clone(),
-                format_explicit: opts.session.format_explicit(),
+                format_explicit: session_args.format_explicit(),
                 follow: opts.follow,
-                ..InputOptions::new(match opts.input {
-                    Some(path) if path.as_os_str() != "-" => Source::Path(path),
-                    _ => Source::Stdin,
-                })
+                sources: sources(opts.input, opts.files),
+                ..InputOptions::new(Source::Stdin)
             },
             session,
             target,
@@ -386,6 +390,25 @@ impl FilterConfig {
             fallback,
         })
     }
+}
+
+/// What the filter reads: `--input PATH`, or the FILE operands in order,
+/// or stdin; `-` is stdin.
+fn sources(input: Option<PathBuf>, files: Vec<PathBuf>) -> Vec<Source> {
+    let paths: Vec<PathBuf> = input.into_iter().chain(files).collect();
+    if paths.is_empty() {
+        return vec![Source::Stdin];
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            if path.as_os_str() == "-" {
+                Source::Stdin
+            } else {
+                Source::Path(path)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Audio input: stdin, a file or a named FIFO, read into a bounded channel of
 //! chunks.
 //!
-//! This module owns everything between the byte source and the session:
-//! opening the source, waiting for FIFO writers (and, with `--follow`, for the
-//! next one), recognising a WAV header, and cutting raw audio into chunks of
-//! whole frames. It does not pace audio to real time (the pacer does)
-//! and does not know where the chunks go.
+//! This module owns everything between the byte sources and the session:
+//! opening them (file operands are read one after another, on one
+//! timeline), waiting for FIFO writers (and, with `--follow`, for the next
+//! one), sniffing each stream's first bytes, reading a WAV header,
+//! decoding media (MP3, FLAC, Ogg Vorbis, MP4/M4A, Matroska/WebM, AIFF,
+//! ADTS AAC) into 16 kHz mono PCM, and cutting raw audio into chunks of
+//! whole frames. It does not pace audio to real time (the pacer does) and
+//! does not know where the chunks go.
 //!
 //! # Threading and backpressure
 //!
@@ -24,14 +27,26 @@
 //! In order, per input:
 //!
 //! ```text
-//! Format  Audio*  PartialFrameDropped?  ( WriterClosed  Format?  Audio*  PartialFrameDropped? )*
+//! Warning?  Format  Audio*  PartialFrameDropped?  ( WriterClosed  Warning?  Format?  Audio*  PartialFrameDropped? )*
 //! ```
 //!
 //! then the channel closes. `Failed` may replace any event and is always the
-//! last. `WriterClosed` comes only with `--follow` on a FIFO, where each writer
-//! is sniffed afresh: a second `Format` follows `WriterClosed` only when the
-//! next writer's stream differs from the last reported format (say, a WAV with
-//! another rate).
+//! last. `WriterClosed` ends one stream of several: a FIFO writer with
+//! `--follow`, or a file operand with another after it. Each stream is
+//! sniffed afresh: a second `Format` follows `WriterClosed` only when the
+//! next stream differs from the last reported format (say, a WAV with
+//! another rate; decoded media are always 16 kHz mono pcm_s16le).
+//!
+//! # What a stream is
+//!
+//! Unless the user named a raw format, the first bytes ([`sniff`], up to
+//! 4 KiB) decide: a WAV header is read ([`wav`]) and its samples streamed
+//! as they are; a media container is decoded ([`decode`]); Ogg Opus, which
+//! nothing here decodes, is passed through for Soniox to decode; anything
+//! else is raw audio of the declared format, with a `Warning` when it reads
+//! as text or does not look like 16-bit audio. `--audio-format auto` (or
+//! `--passthrough`) and a named container pass every non-WAV stream through
+//! as it is.
 //!
 //! # FIFOs
 //!
@@ -58,16 +73,20 @@
 //! # Files
 //!
 //! This file holds the surface ([`spawn`] and its types) and starts the
-//! thread. [`source`] opens the source and waits for readiness, [`reader`] is
-//! the thread itself (each stream read, sniffed and cut into chunks) and
-//! [`wav`] reads a WAV header.
+//! thread. [`source`] opens the sources and waits for readiness, [`reader`]
+//! is the thread itself (each stream read, sniffed and cut into chunks),
+//! [`sniff`] tells formats by their first bytes, [`wav`] reads a WAV header
+//! and [`decode`] decodes media.
 
+mod decode;
 mod reader;
+mod sniff;
 mod source;
 #[cfg(test)]
 mod test_support;
 pub(crate) mod wav;
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -99,13 +118,15 @@ pub(crate) enum Source {
 /// How to read it.
 #[derive(Debug, Clone)]
 pub(crate) struct InputOptions {
-    /// What to read.
-    pub(crate) source: Source,
+    /// What to read: one source, or file operands read one after another
+    /// (at least one).
+    pub(crate) sources: Vec<Source>,
     /// Declared format (from --audio-format/--rate/--channels); default
     /// pcm_s16le/16000/1.
     pub(crate) format: AudioFormat,
-    /// Whether the user named the format explicitly (an explicit raw format
-    /// disables WAV sniffing; "auto"/"wav" and the default enable it).
+    /// Whether the user named the format explicitly: an explicit raw format
+    /// disables sniffing; "auto"/"wav" sniff WAV headers only; the default
+    /// sniffs, and decodes media.
     pub(crate) format_explicit: bool,
     /// --follow: on a FIFO, keep reading across writers. Ignored for stdin and
     /// regular files, which are read to EOF.
@@ -125,7 +146,7 @@ impl InputOptions {
     /// [`DEFAULT_QUEUE_CHUNKS`].
     pub(crate) fn new(source: Source) -> InputOptions {
         InputOptions {
-            source,
+            sources: vec![source],
             format: AudioFormat::default_pcm(),
             format_explicit: false,
             follow: false,
@@ -145,8 +166,12 @@ pub(crate) enum InputEvent {
     Format(AudioFormat),
     /// A chunk of audio: whole frames only for raw formats.
     Audio(bytes::Bytes),
-    /// --follow: one FIFO writer closed; the next writer's audio will follow.
+    /// One stream ended and the next one's audio will follow: a FIFO writer
+    /// closed (--follow), or a file operand ended with another after it.
     WriterClosed,
+    /// Something the user should know about the input, for people (one
+    /// line, no prefix): it looks like text, say.
+    Warning(String),
     /// At the end of input (or of a writer, with --follow): this many trailing
     /// bytes did not make a whole frame and were dropped.
     PartialFrameDropped(usize),
@@ -154,25 +179,48 @@ pub(crate) enum InputEvent {
     Failed(Error),
 }
 
-/// Opens the source (an error here: Error::InputMissing, e.g. nonexistent
-/// path or permission) and spawns a reader thread that sends events; end of
-/// input = the channel closes.
+/// An opened source.
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    /// The FIFO's path when `file` is a FIFO opened `O_NONBLOCK` that has not
+    /// seen a writer yet.
+    fifo: Option<PathBuf>,
+    /// Its name for people.
+    label: String,
+}
+
+/// Opens every source (an error here: Error::InputMissing, e.g. a
+/// nonexistent path or permission, for the first that fails) and spawns a
+/// reader thread that sends events; end of input = the channel closes.
 ///
 /// Never blocks on a FIFO without a writer: the thread waits for it.
 pub(crate) fn spawn(options: InputOptions) -> Result<mpsc::Receiver<InputEvent>, Error> {
-    let (file, fifo) = source::open(&options.source)?;
-    start(file, fifo, &options)
+    let opened = options
+        .sources
+        .iter()
+        .map(|source| {
+            let (file, fifo) = source::open(source)?;
+            Ok(Opened {
+                file,
+                fifo,
+                label: source::label(source),
+            })
+        })
+        .collect::<Result<VecDeque<_>, Error>>()?;
+    start(opened, &options)
 }
 
-/// Spawns the reader thread on an opened source. `fifo` is the FIFO's path
-/// when `file` is a FIFO opened `O_NONBLOCK` that has not seen a writer yet.
+/// Spawns the reader thread on opened sources.
 fn start(
-    file: File,
-    fifo: Option<PathBuf>,
+    mut opened: VecDeque<Opened>,
     options: &InputOptions,
 ) -> Result<mpsc::Receiver<InputEvent>, Error> {
+    let first = opened
+        .pop_front()
+        .ok_or_else(|| Error::Internal("no input to read".into()))?;
     let (tx, rx) = mpsc::channel(options.queue_chunks.max(1));
-    let reader = Reader::new(file, fifo, options, tx);
+    let reader = Reader::new(first, opened, options, tx);
     std::thread::Builder::new()
         .name("sttpipe-input".to_owned())
         .spawn(move || reader.run())
@@ -180,6 +228,18 @@ fn start(
         // is what cannot be read then.
         .map_err(Error::InputRead)?;
     Ok(rx)
+}
+
+/// Sniffs and decodes `bytes` as the reader does a stream, counting the
+/// samples: for the fuzz targets and the decode benchmark.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_in_memory(bytes: &[u8]) -> Option<u64> {
+    let sniff::Sniffed::Media(media) = sniff::sniff(bytes, true) else {
+        return None;
+    };
+    let source = Box::new(std::io::Cursor::new(bytes.to_vec()));
+    let decoded = decode::decode::<()>(source, media, &mut |_| Ok(())).ok()?;
+    Some(decoded.samples)
 }
 
 #[cfg(test)]
@@ -352,7 +412,7 @@ mod tests {
                 .map(|e| e.map(ev))
             {
                 Ok(Some(Ev::Audio(bytes))) => received.extend(bytes),
-                Ok(Some(Ev::Format(_) | Ev::WriterClosed)) | Err(_) => {}
+                Ok(Some(Ev::Format(_) | Ev::WriterClosed | Ev::Warning(_))) | Err(_) => {}
                 Ok(other) => panic!("unexpected {other:?}"),
             }
         }

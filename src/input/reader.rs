@@ -1,18 +1,23 @@
 //! The reader thread's state machine: it reads each stream (the whole input,
-//! or one FIFO writer with `--follow`), sniffs it for a WAV header, cuts raw
-//! audio into chunks of whole frames and passes container bytes through, and
-//! reports each step as an [`InputEvent`], in the order the module docs of
+//! one file operand, or one FIFO writer with `--follow`), sniffs its first
+//! bytes, and then cuts raw audio into chunks of whole frames, decodes media
+//! into 16 kHz PCM chunks, or passes container bytes through; it reports
+//! each step as an [`InputEvent`], in the order the module docs of
 //! [`super`] give.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use symphonia::core::io::{MediaSource, ReadOnlySource};
 use tokio::sync::mpsc;
 
+use super::decode::{self, DecodeError};
+use super::sniff::{self, Media, Sniffed};
 use super::source::{self, Waiter, Woken};
-use super::{InputEvent, InputOptions, wav};
+use super::{InputEvent, InputOptions, Opened, wav};
 use crate::audio::AudioFormat;
 use crate::error::Error;
 
@@ -43,19 +48,28 @@ impl From<wav::BadWav> for Halt {
 /// The state of the reader thread.
 pub(super) struct Reader {
     /// The open source. For a FIFO, replaced (new first, then old dropped) at
-    /// each writer's EOF with --follow.
+    /// each writer's EOF with --follow; at its end, by the next operand.
     file: File,
     /// The FIFO's path, if the source is a FIFO.
     fifo: Option<PathBuf>,
+    /// The source's name for people: its path, or `<stdin>`.
+    label: String,
+    /// The operands still to read, in order.
+    rest: VecDeque<Opened>,
     /// Whether `file` is a FIFO fd still `O_NONBLOCK` that has not seen its
     /// writer: reading it now would return a false EOF.
     awaiting_writer: bool,
-    /// Keep reading across FIFO writers. Only ever true for a FIFO.
+    /// Keep reading across FIFO writers (only ever acts on a FIFO).
     follow: bool,
-    /// The format to use when the stream has no WAV header.
+    /// The format to use when the stream has no header sttpipe knows.
     declared: AudioFormat,
-    /// Whether to look for a WAV header at the start of each stream.
+    /// Whether to sniff the start of each stream.
     sniff: bool,
+    /// Whether the format is the default rather than the user's: then media
+    /// are decoded, and a stream that looks like text or noise is warned of.
+    decode: bool,
+    /// Bytes sniffed and not yet consumed: every read takes these first.
+    head: BytesMut,
     /// Chunk duration for raw formats.
     chunk_ms: u32,
     /// Chunk size for containers, at least 1.
@@ -64,27 +78,31 @@ pub(super) struct Reader {
     tx: mpsc::Sender<InputEvent>,
     /// Waits for readiness: a FIFO's writer, or data on a non-blocking stdin.
     waiter: Waiter,
-    /// The last format sent, so a follow-up writer repeats it only on change.
+    /// The last format sent, so a follow-up stream repeats it only on change.
     reported: Option<AudioFormat>,
 }
 
 impl Reader {
-    /// The reader for an opened source; `fifo` as for [`super::start`].
+    /// The reader for opened sources, read in order (at least one).
     pub(super) fn new(
-        file: File,
-        fifo: Option<PathBuf>,
+        first: Opened,
+        rest: VecDeque<Opened>,
         options: &InputOptions,
         tx: mpsc::Sender<InputEvent>,
     ) -> Reader {
         let sniff =
             !options.format_explicit || matches!(options.format.name.as_str(), "auto" | "wav");
         Reader {
-            awaiting_writer: fifo.is_some(),
-            follow: options.follow && fifo.is_some(),
-            fifo,
-            file,
+            awaiting_writer: first.fifo.is_some(),
+            follow: options.follow,
+            fifo: first.fifo,
+            file: first.file,
+            label: first.label,
+            rest,
             declared: options.format.clone(),
             sniff,
+            decode: !options.format_explicit,
+            head: BytesMut::new(),
             chunk_ms: options.chunk_ms,
             container_chunk_bytes: options.container_chunk_bytes.max(1),
             tx,
@@ -105,14 +123,19 @@ impl Reader {
         }
     }
 
-    /// Reads one stream, or with --follow one writer after another.
+    /// Reads one stream after another: with --follow, a FIFO's writers;
+    /// then the next operand.
     fn pump(&mut self) -> Result<(), Halt> {
         loop {
             self.segment()?;
-            if !self.follow {
+            if self.follow && self.fifo.is_some() {
+                self.reopen()?;
+            } else if let Some(next) = self.rest.pop_front() {
+                self.awaiting_writer = next.fifo.is_some();
+                (self.file, self.fifo, self.label) = (next.file, next.fifo, next.label);
+            } else {
                 return Ok(());
             }
-            self.reopen()?;
             self.send(InputEvent::WriterClosed)?;
         }
     }
@@ -127,20 +150,50 @@ impl Reader {
             self.awaiting_writer = false;
             tracing::debug!("input FIFO has a writer");
         }
-        let mut buf = BytesMut::new();
-        let (format, data_bytes) = if self.sniff {
-            self.sniff_wav(&mut buf)?
+        self.head.clear();
+        let sniffed = if self.sniff {
+            self.sniff_head()?
         } else {
-            (self.declared.clone(), None)
+            Sniffed::Raw
         };
-        if self.reported.as_ref() != Some(&format) {
-            self.reported = Some(format.clone());
-            self.send(InputEvent::Format(format.clone()))?;
-        }
+        let (format, data_bytes) = match sniffed {
+            Sniffed::Wav => {
+                // The header walk starts after `RIFF....WAVE`.
+                self.skip(12)?;
+                let (format, data_bytes) = wav::read_header(self)?;
+                tracing::debug!(%format, "input has a WAV header");
+                (format, data_bytes)
+            }
+            Sniffed::Media(media) if self.decode && media.decodable() => {
+                return self.stream_decoded(media);
+            }
+            Sniffed::Media(media) if self.decode => {
+                // No decoder here (Opus): Soniox decodes it, and the
+                // stream has the limits of a container.
+                tracing::debug!(media = media.name(), "passing the input through undecoded");
+                (AudioFormat::container("ogg"), None)
+            }
+            Sniffed::Text if self.decode => {
+                self.warn(format!(
+                    "{} looks like text, not audio; reading it as raw {} (give --audio-format if that is right)",
+                    self.label, self.declared
+                ))?;
+                (self.declared.clone(), None)
+            }
+            Sniffed::Noise if self.decode => {
+                self.warn(format!(
+                    "{} is no audio format sttpipe knows and does not look like 16-bit audio; reading it as raw {} (give --audio-format if that is right)",
+                    self.label, self.declared
+                ))?;
+                (self.declared.clone(), None)
+            }
+            _ => (self.declared.clone(), None),
+        };
+        self.report(&format)?;
         match format.bytes_per_frame() {
             Some(frame) => {
                 let chunk = format.chunk_bytes(self.chunk_ms, frame);
-                let at_data_end = self.stream_raw(buf, frame, chunk, data_bytes)?;
+                let at_data_end = self.stream_raw(BytesMut::new(), frame, chunk, data_bytes)?;
                 if at_data_end {
                     // Chunks after a WAV's data (LIST, id3) are not audio. Read
                     // them anyway: a FIFO writer must not meet a closed pipe.
@@ -148,8 +201,22 @@ impl Reader {
                 }
                 Ok(())
             }
-            None => self.stream_container(buf),
+            None => self.stream_container(BytesMut::new()),
         }
+    }
+
+    /// Sends the stream's format, unless it is the one last sent.
+    fn report(&mut self, format: &AudioFormat) -> Result<(), Halt> {
+        if self.reported.as_ref() != Some(format) {
+            self.reported = Some(format.clone());
+            self.send(InputEvent::Format(format.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// A warning for the user.
+    fn warn(&self, message: String) -> Result<(), Halt> {
+        self.send(InputEvent::Warning(message))
     }
 
     /// At a FIFO writer's EOF: opens the next reader, then drops the old one.
@@ -166,19 +233,85 @@ impl Reader {
         Ok(())
     }
 
-    /// Looks for a RIFF/WAVE header at the start of the stream. Returns the
-    /// stream's format and, for a WAV with a known data size, that size.
-    /// Bytes read that are not a WAV header are left in `buf` as audio.
-    fn sniff_wav(&mut self, buf: &mut BytesMut) -> Result<(AudioFormat, Option<u64>), Halt> {
-        let mut head = [0u8; wav::MAGIC_BYTES];
+    /// Reads the stream's first bytes (up to [`sniff::SNIFF_BYTES`], fewer
+    /// at EOF) into `head`, where every later read finds them, and says
+    /// what they are.
+    fn sniff_head(&mut self) -> Result<Sniffed, Halt> {
+        let mut head = vec![0u8; sniff::SNIFF_BYTES];
         let n = self.read_full(&mut head)?;
-        if n == head.len() && wav::is_magic(&head) {
-            let (format, data_bytes) = wav::read_header(self)?;
-            tracing::debug!(%format, "input has a WAV header");
-            return Ok((format, data_bytes));
+        head.truncate(n);
+        let sniffed = sniff::sniff(&head, n < sniff::SNIFF_BYTES);
+        self.head.extend_from_slice(&head);
+        Ok(sniffed)
+    }
+
+    /// Decodes a media stream and sends it as 16 kHz mono pcm_s16le chunks
+    /// of `chunk_ms`.
+    fn stream_decoded(&mut self, media: Media) -> Result<(), Halt> {
+        let format = AudioFormat::default_pcm();
+        self.report(&format)?;
+        let chunk = format.chunk_bytes(self.chunk_ms, 2);
+        let tx = self.tx.clone();
+        let mut pcm = BytesMut::new();
+        let mut sink = |samples: &[f32]| -> Result<(), Halt> {
+            decode::to_s16le(samples, &mut pcm);
+            while pcm.len() >= chunk {
+                let audio = pcm.split_to(chunk).freeze();
+                tx.blocking_send(InputEvent::Audio(audio))
+                    .map_err(|_| Halt::Closed)?;
+            }
+            Ok(())
+        };
+        let label = self.label.clone();
+        let result = match self.seekable()? {
+            // A file decodes from the file itself: formats such as MP4 keep
+            // their index at the end and must seek to it.
+            Some(file) => decode::decode(Box::new(file), media, &mut sink),
+            None => {
+                let mut pull = Pull {
+                    reader: self,
+                    halt: None,
+                };
+                let result = decode::decode(
+                    Box::new(ReadOnlySource::new(&mut pull)) as Box<dyn MediaSource + '_>,
+                    media,
+                    &mut sink,
+                );
+                match (result, pull.halt) {
+                    // The stream's own failure, not what symphonia made of it.
+                    (Err(DecodeError::Read(_)), Some(halt)) => return Err(halt),
+                    (result, _) => result,
+                }
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(DecodeError::Sink(halt)) => return Err(halt),
+            Err(DecodeError::Read(e)) => return Err(read_failed(e)),
+            Err(DecodeError::Media(message)) => {
+                return Err(Halt::Failed(Error::BadAudio(format!("{label}: {message}"))));
+            }
         }
-        buf.extend_from_slice(&head[..n]);
-        Ok((self.declared.clone(), None))
+        if !pcm.is_empty() {
+            self.send(InputEvent::Audio(pcm.freeze()))?;
+        }
+        // Whatever follows the track (a trailing tag) is read, as a WAV's is.
+        self.skip(u64::MAX)?;
+        Ok(())
+    }
+
+    /// A regular file's own handle, positioned where the sniffed bytes
+    /// began, for a decoder that seeks; `None` for a pipe, FIFO or device.
+    fn seekable(&mut self) -> Result<Option<File>, Halt> {
+        let is_file = self.file.metadata().is_ok_and(|m| m.is_file());
+        if !is_file {
+            return Ok(None);
+        }
+        let back = i64::try_from(self.head.len()).unwrap_or(i64::MAX);
+        let mut file = self.file.try_clone().map_err(read_failed)?;
+        file.seek(SeekFrom::Current(-back)).map_err(read_failed)?;
+        self.head.clear();
+        Ok(Some(file))
     }
 
     /// Streams raw audio in chunks of `chunk` bytes (whole frames), starting
@@ -287,8 +420,14 @@ impl Reader {
         Ok(skipped)
     }
 
-    /// One read: retries EINTR and waits out EAGAIN (a non-blocking stdin).
+    /// One read: the sniffed bytes first; then from the source, retrying
+    /// EINTR and waiting out EAGAIN (a non-blocking stdin).
     fn read_some(&mut self, out: &mut [u8]) -> Result<usize, Halt> {
+        if !self.head.is_empty() {
+            let n = out.len().min(self.head.len());
+            self.head.copy_to_slice(&mut out[..n]);
+            return Ok(n);
+        }
         loop {
             match self.file.read(out) {
                 Ok(n) => return Ok(n),
@@ -312,6 +451,26 @@ impl Reader {
     /// Sends one event; [`Halt::Closed`] if the receiver is gone.
     fn send(&self, event: InputEvent) -> Result<(), Halt> {
         self.tx.blocking_send(event).map_err(|_| Halt::Closed)
+    }
+}
+
+/// The decoder's reads of a stream that cannot seek: through the reader's
+/// own reads (sniffed bytes first, the same waits). A failure is kept, to
+/// be reported as itself rather than as the decoder's read error.
+struct Pull<'a> {
+    reader: &'a mut Reader,
+    halt: Option<Halt>,
+}
+
+impl Read for Pull<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self.reader.read_some(out) {
+            Ok(n) => Ok(n),
+            Err(halt) => {
+                self.halt = Some(halt);
+                Err(io::Error::other("the input stopped"))
+            }
+        }
     }
 }
 

@@ -46,6 +46,14 @@ pub(super) fn open(source: &Source) -> Result<(File, Option<PathBuf>), Error> {
     }
 }
 
+/// The source's name for people: its path, or `<stdin>`.
+pub(super) fn label(source: &Source) -> String {
+    match source {
+        Source::Stdin => STDIN_NAME.to_owned(),
+        Source::Path(path) => path.display().to_string(),
+    }
+}
+
 /// Opens `path` for reading without waiting for a FIFO writer; see the module
 /// docs. Permissions are checked by this open, so errors surface here.
 fn open_path(path: &Path) -> io::Result<(File, Option<PathBuf>)> {
@@ -222,7 +230,12 @@ mod tests {
         let file = File::from(std::os::fd::OwnedFd::from(reader));
         let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL).unwrap());
         fcntl(&file, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
-        let rx = start(file, None, &InputOptions::new(Source::Stdin)).unwrap();
+        let opened = crate::input::Opened {
+            file,
+            fifo: None,
+            label: label(&Source::Stdin),
+        };
+        let rx = start([opened].into(), &InputOptions::new(Source::Stdin)).unwrap();
 
         let input = pattern(4000);
         let to_write = input.clone();

@@ -19,6 +19,7 @@ pub(super) enum Ev {
     Format(AudioFormat),
     Audio(Vec<u8>),
     WriterClosed,
+    Warning(String),
     Dropped(usize),
     /// `Error::kind()` of the failure.
     Failed(&'static str),
@@ -29,23 +30,43 @@ pub(super) fn ev(event: InputEvent) -> Ev {
         InputEvent::Format(format) => Ev::Format(format),
         InputEvent::Audio(bytes) => Ev::Audio(bytes.to_vec()),
         InputEvent::WriterClosed => Ev::WriterClosed,
+        InputEvent::Warning(message) => Ev::Warning(message),
         InputEvent::PartialFrameDropped(n) => Ev::Dropped(n),
         InputEvent::Failed(error) => Ev::Failed(error.kind()),
     }
 }
 
-/// The next event, or `None` at the end; panics after [`WAIT`].
+/// The next event but warnings, or `None` at the end; panics after
+/// [`WAIT`]. (The tests' byte patterns are no audio, so the reader warns of
+/// them; [`collect_all`] keeps the warnings, for the tests of warnings.)
 pub(super) async fn next(rx: &mut mpsc::Receiver<InputEvent>) -> Option<Ev> {
+    loop {
+        match next_any(rx).await {
+            Some(Ev::Warning(_)) => {}
+            other => return other,
+        }
+    }
+}
+
+/// The next event, or `None` at the end; panics after [`WAIT`].
+async fn next_any(rx: &mut mpsc::Receiver<InputEvent>) -> Option<Ev> {
     timeout(WAIT, rx.recv())
         .await
         .expect("input event within the time limit")
         .map(ev)
 }
 
-/// All events up to the end of input.
-pub(super) async fn collect(mut rx: mpsc::Receiver<InputEvent>) -> Vec<Ev> {
+/// All events but warnings up to the end of input.
+pub(super) async fn collect(rx: mpsc::Receiver<InputEvent>) -> Vec<Ev> {
+    let mut events = collect_all(rx).await;
+    events.retain(|e| !matches!(e, Ev::Warning(_)));
+    events
+}
+
+/// All events up to the end of input, warnings included.
+pub(super) async fn collect_all(mut rx: mpsc::Receiver<InputEvent>) -> Vec<Ev> {
     let mut events = Vec::new();
-    while let Some(event) = next(&mut rx).await {
+    while let Some(event) = next_any(&mut rx).await {
         events.push(event);
     }
     events

@@ -1,4 +1,4 @@
-//! The WAV header: recognising `RIFF....WAVE` (or `RF64`), walking its
+//! The WAV header (after [`super::sniff`] saw `RIFF....WAVE` or `RF64`): walking its
 //! chunks up to the sample data, and mapping the `fmt ` chunk to the raw
 //! format sttpipe streams.
 //!
@@ -9,9 +9,6 @@
 
 use crate::audio::AudioFormat;
 use crate::config::resolve::{MAX_CHANNELS, MAX_RATE};
-
-/// The bytes [`is_magic`] looks at: `RIFF`, a size, `WAVE`.
-pub(super) const MAGIC_BYTES: usize = 12;
 
 /// The largest `fmt ` chunk accepted. The formats sttpipe streams need 16
 /// bytes, or 40 for WAVE_FORMAT_EXTENSIBLE; the cap keeps a corrupt size from
@@ -52,13 +49,8 @@ fn bad<E: From<BadWav>>(message: impl Into<String>) -> E {
     E::from(BadWav(message.into()))
 }
 
-/// Whether the first 12 bytes are `RIFF....WAVE` (or RF64, ffmpeg's WAV for
-/// streams over 4 GiB).
-pub(super) fn is_magic(head: &[u8; MAGIC_BYTES]) -> bool {
-    matches!(&head[..4], b"RIFF" | b"RF64") && &head[8..] == b"WAVE"
-}
-
-/// Reads WAV chunks after `RIFF....WAVE` up to the start of the sample
+/// Reads WAV chunks after `RIFF....WAVE` (the sniffed 12 bytes, read
+/// first) up to the start of the sample
 /// data. Returns the format and the data size (`None`: until EOF).
 pub(super) fn read_header<S: HeaderSource>(
     source: &mut S,

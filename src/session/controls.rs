@@ -67,8 +67,6 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::audio::AudioFormat;
-    use crate::config::{MAX_LEAD, RecognitionOptions, SessionConfig, Timing};
     use crate::engine::scripted::{Attempt, ScriptedEngine, speech};
     use crate::engine::{Engine, SessionEngines};
     use crate::event::Event;
@@ -110,18 +108,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn controls_follow_the_audio_before_them_upstream() {
         let engine = ScriptedEngine::new([Attempt::Refuse], Attempt::Serve).lag_ms(5_000);
-        let config = SessionConfig {
-            recognition: RecognitionOptions::default(),
-            audio: AudioFormat::default_pcm(),
-            partials: false,
-            idle_close: None,
-            drain_timeout: Duration::from_secs(10),
-            max_lead: MAX_LEAD,
-            replay_buffer: Duration::from_secs(300),
-            max_session: Duration::from_secs(300 * 60),
-            retry_budget: Duration::from_secs(60),
-            timing: Timing::REAL,
-        };
+        let config = crate::session::tests::config();
         let (audio, _) = speech(4_000, 500, 300);
         let (input_tx, input) = mpsc::channel(16);
         let (events_tx, mut events) = mpsc::channel(4096);

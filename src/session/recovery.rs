@@ -91,13 +91,29 @@ impl Session<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
+        // A stream that never had a session (a wrong URL, no network) gets
+        // the short budget; one that has worked, the long one.
+        let budget = if self.reached {
+            self.config.retry_budget
+        } else {
+            self.config.connect_budget.min(self.config.retry_budget)
+        };
+        if self.outage.is_none()
+            && !self.reached
+            && let Some(tell_user) = self.config.tell_user
+        {
+            tell_user(&format!(
+                "{err}; retrying for up to {} s (Ctrl-C to stop)",
+                budget.as_secs()
+            ));
+        }
         let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,
             backoff: Backoff::new(seed ^ 0x9E37_79B9_7F4A_7C15),
             reason,
             last: Error::Internal(String::new()),
         });
-        let give_up_at = outage.since + self.config.timing.wall(self.config.retry_budget);
+        let give_up_at = outage.since + self.config.timing.wall(budget);
         let backoff = self.config.timing.wall(outage.backoff.next_delay(&err));
         // The last attempt comes when the budget runs out, not before.
         let delay = if fresh_failure {
@@ -108,7 +124,7 @@ impl Session<'_> {
         .min(give_up_at.saturating_duration_since(now));
         info!(session = %self.session_id, error = %err, retry_in_ms = delay.as_millis() as u64, "upstream session failed; reconnecting");
         if now >= give_up_at {
-            let budget_secs = self.config.retry_budget.as_secs();
+            let budget_secs = budget.as_secs();
             let reached = self.reached;
             return Err(Error::RetryBudgetSpent {
                 budget_secs,

@@ -27,7 +27,7 @@ const CHUNK_MS: u64 = 100;
 const HANG: Duration = Duration::from_secs(3_600);
 
 /// The filter's defaults, for 16 kHz mono pcm_s16le, in real time.
-fn config() -> SessionConfig {
+pub(super) fn config() -> SessionConfig {
     SessionConfig {
         recognition: RecognitionOptions::default(),
         audio: AudioFormat::default_pcm(),
@@ -38,6 +38,8 @@ fn config() -> SessionConfig {
         replay_buffer: Duration::from_secs(300),
         max_session: Duration::from_secs(300 * 60),
         retry_budget: Duration::from_secs(60),
+        connect_budget: Duration::from_secs(60),
+        tell_user: None,
         timing: Timing::REAL,
     }
 }

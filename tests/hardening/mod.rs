@@ -488,7 +488,10 @@ async fn row9_an_overrun_never_comes_before_start() {
     let mut command = util::sttpipe(Some(&door.url), Some(KEY));
     command
         .env("STTPIPE_PACE_FACTOR", "8")
-        .args(["--replay-buffer", "10", "--retry-budget", "60"]);
+        // Never reached until the door opens: the connect budget too
+        // must outlast it.
+        .args(["--replay-buffer", "10", "--retry-budget", "60"])
+        .args(["--connect-budget", "60"]);
     let mut child = util::spawn(command);
     let mut stdin = child.stdin.take().unwrap();
     let started = std::time::Instant::now();

@@ -20,6 +20,9 @@
 //!   an outage longer than `--replay-buffer` (case 9);
 //! * `rotation`: `--max-session` rotation alone (case 5), with every fault
 //!   at once on a live stream (case 6), and with drops around handovers;
+//! * `media`: a FLAC stream through drops every 4 s (the decoded PCM is
+//!   what is replayed); a dead URL said at once and given up on after
+//!   `--connect-budget`, and `--retry-budget` once a session has worked;
 //! * `local_io`: sttpipe's own side: a FIFO writer pausing 30 s, kept alive
 //!   or idle-closed (cases 7a, 7b), stdout blocked for 20 s (case 8).
 //!
@@ -32,5 +35,6 @@ mod harness;
 
 mod breaks;
 mod local_io;
+mod media;
 mod refusals;
 mod rotation;

@@ -335,3 +335,27 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
 }
+
+/// `ffmpeg -loglevel error` with `args` (input and output included),
+/// `stdin` fed to it; its stdout. Media tests make their files from the
+/// committed fixtures with it (scripts/test installs it).
+pub fn ffmpeg(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg runs (apt-get install ffmpeg; scripts/test installs it)");
+    let mut input = child.stdin.take().expect("stdin piped");
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().expect("ffmpeg finishes");
+    feeder
+        .join()
+        .expect("feeder")
+        .expect("ffmpeg reads its input");
+    assert!(out.status.success(), "ffmpeg {args:?} failed");
+    out.stdout
+}

@@ -1,5 +1,5 @@
-//! The session's arithmetic on audio and text, pure and safe: resampling
-//! to 16 kHz, the ring of recent audio, sample/millisecond conversion, and
+//! The session's arithmetic on audio and text, pure and safe: the ring of
+//! recent audio, sample/millisecond conversion, and
 //! word tokens with times interpolated over a segment.
 
 use std::collections::VecDeque;
@@ -18,74 +18,6 @@ pub(crate) const fn samples(ms: u64) -> u64 {
 /// Milliseconds of `samples` at 16 kHz.
 pub(crate) const fn ms(samples: u64) -> u64 {
     samples * 1000 / SAMPLE_RATE as u64
-}
-
-/// A streaming resampler to 16 kHz: linear interpolation when upsampling,
-/// the mean of each output sample's span of input when downsampling (a
-/// box low-pass, so that downsampling does not fold the high band over).
-/// Sample positions are exact rationals: no drift over hours.
-#[derive(Debug)]
-pub(crate) struct Resampler {
-    in_rate: u64,
-    /// Index of the next output sample.
-    next_out: u64,
-    /// Absolute index of `pending[0]` in the input.
-    base: u64,
-    pending: Vec<f32>,
-}
-
-impl Resampler {
-    pub(crate) fn new(in_rate: u32) -> Resampler {
-        Resampler {
-            in_rate: u64::from(in_rate),
-            next_out: 0,
-            base: 0,
-            pending: Vec::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
-        let out_rate = u64::from(SAMPLE_RATE);
-        if self.in_rate == out_rate {
-            out.extend_from_slice(input);
-            return;
-        }
-        self.pending.extend_from_slice(input);
-        let end = self.base + self.pending.len() as u64;
-        let at = |i: u64| self.pending[(i - self.base) as usize];
-        loop {
-            let position = self.next_out * self.in_rate;
-            if self.in_rate < out_rate {
-                // Up: interpolate between samples i and i + 1 (i alone when
-                // the position falls on it).
-                let (i, rest) = (position / out_rate, position % out_rate);
-                if i + u64::from(rest > 0) >= end {
-                    break;
-                }
-                let a = at(i);
-                if rest == 0 {
-                    out.push(a);
-                } else {
-                    let frac = rest as f32 / out_rate as f32;
-                    out.push(a + (at(i + 1) - a) * frac);
-                }
-            } else {
-                // Down: average input [lo, hi).
-                let lo = position / out_rate;
-                let hi = ((self.next_out + 1) * self.in_rate).div_ceil(out_rate);
-                if hi > end {
-                    break;
-                }
-                let sum: f32 = (lo..hi).map(at).sum();
-                out.push(sum / (hi - lo).max(1) as f32);
-            }
-            self.next_out += 1;
-        }
-        let keep_from = (self.next_out * self.in_rate / out_rate).max(self.base);
-        let drop = ((keep_from - self.base) as usize).min(self.pending.len());
-        self.pending.drain(..drop);
-        self.base += drop as u64;
-    }
 }
 
 /// The last [`RING_SECONDS`] of 16 kHz audio, by absolute sample index.
@@ -173,51 +105,6 @@ pub(crate) fn marker(text: &str) -> Token {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resampler_keeps_time_and_shape() {
-        // 16 kHz passes through.
-        let mut same = Resampler::new(16_000);
-        let mut out = Vec::new();
-        same.push(&[0.1, 0.2, 0.3], &mut out);
-        assert_eq!(out, vec![0.1, 0.2, 0.3]);
-
-        // 48 kHz → 16 kHz: a third of the samples, in chunks of any size;
-        // a ramp stays a ramp (the mean of three consecutive values).
-        let ramp: Vec<f32> = (0..48_000).map(|i| i as f32 / 48_000.0).collect();
-        let mut down = Resampler::new(48_000);
-        let mut out = Vec::new();
-        for chunk in ramp.chunks(1_001) {
-            down.push(chunk, &mut out);
-        }
-        assert_eq!(out.len(), 16_000);
-        for (n, y) in out.iter().enumerate() {
-            let expected = (3 * n + 1) as f32 / 48_000.0;
-            assert!((y - expected).abs() < 1e-4, "sample {n}: {y} vs {expected}");
-        }
-
-        // 8 kHz → 16 kHz: twice the samples (less the last, which waits for
-        // its right neighbour); midpoints interpolated.
-        let ramp: Vec<f32> = (0..8_000).map(|i| i as f32).collect();
-        let mut up = Resampler::new(8_000);
-        let mut out = Vec::new();
-        for chunk in ramp.chunks(333) {
-            up.push(chunk, &mut out);
-        }
-        assert_eq!(out.len(), 15_999);
-        for (n, y) in out.iter().enumerate() {
-            assert!((y - n as f32 / 2.0).abs() < 1e-3, "sample {n}: {y}");
-        }
-
-        // 44.1 kHz → 16 kHz: the count follows the exact ratio.
-        let mut odd = Resampler::new(44_100);
-        let mut out = Vec::new();
-        for _ in 0..10 {
-            odd.push(&vec![0.5; 4_410], &mut out);
-        }
-        assert!((15_999..=16_000).contains(&out.len()), "{}", out.len());
-        assert!(out.iter().all(|y| (y - 0.5).abs() < 1e-6));
-    }
 
     #[test]
     fn ring_keeps_the_last_seconds_by_absolute_index() {

@@ -50,9 +50,10 @@
 //!
 //! # What a session does
 //!
-//! One worker thread per session takes `pcm_s16le` mono at the session's
-//! rate (anything else is [`Error::BadAudio`]), resamples it to 16 kHz if
-//! needed (linear interpolation up, averaging down), and feeds Silero VAD in
+//! One worker thread per session takes raw audio of any format Soniox
+//! takes (a container is [`Error::BadAudio`]: sttpipe's input decodes media
+//! before), mixes it down to mono and resamples it to 16 kHz
+//! ([`crate::audio`]), and feeds Silero VAD in
 //! 32 ms windows (threshold 0.5, 0.25 s minimum speech and silence, segments
 //! split past 20 s). Each speech segment is decoded with Moonshine widened by
 //! [`PRE_ROLL_MS`] before and [`TAIL_MS`] after: Silero reports onsets late,
@@ -103,7 +104,7 @@
 //! layout; [`runtime`] loads the library and wraps the recognizer and the
 //! VAD in safe methods, with every `unsafe` block of the engine and its
 //! `SAFETY:` argument; [`worker`] is a session's thread; [`dsp`] is the
-//! pure arithmetic it uses (resampling, the audio ring, word times).
+//! pure arithmetic it uses (the audio ring, word times).
 //! `tests.rs` holds this file's tests, real speech through the provisioned
 //! engine among them.
 
@@ -116,10 +117,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::{OnceCell, mpsc};
-use tracing::warn;
+use tracing::info;
 
 use super::{COMMAND_QUEUE, EVENT_QUEUE, EngineLink};
 use crate::audio::AudioFormat;
+use crate::audio::convert::ToMono;
+use crate::audio::resample::To16k;
 use crate::cli::values::LocalModel;
 use crate::config::{LocalEngineConfig, RecognitionOptions};
 use crate::error::{Error, Result};
@@ -261,7 +264,7 @@ impl LocalEngine {
         recognition: &RecognitionOptions,
         audio: &AudioFormat,
     ) -> Result<EngineLink> {
-        let input_rate = check_format(audio)?;
+        let (to_mono, resampler) = check_format(audio)?;
         let options = SessionOptions::new(recognition, self.partials)?;
         let runtime = self.runtime().await?;
         let vad = {
@@ -272,7 +275,7 @@ impl LocalEngine {
         };
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let worker = Worker::new(runtime, vad, input_rate, options);
+        let worker = Worker::new(runtime, vad, to_mono, resampler, options);
         std::thread::Builder::new()
             .name("sttpipe-local".into())
             .spawn(move || worker.run(commands_rx, events_tx))
@@ -313,6 +316,16 @@ impl LocalEngine {
     }
 
     fn check_files(&self) -> Result<()> {
+        // A directory that is there but cannot be read is not a missing
+        // install: say so, not "run the fetch script".
+        if let Err(err) = std::fs::read_dir(&self.dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::Config(format!(
+                "cannot read the local engine's directory {}: {err}",
+                self.dir.display()
+            )));
+        }
         let required = required_files(self.model);
         let missing: Vec<&str> = required
             .iter()
@@ -350,18 +363,54 @@ fn required_files(model: LocalModel) -> Vec<String> {
     files
 }
 
-/// The input rate, for the one format the engine takes.
-fn check_format(audio: &AudioFormat) -> Result<u32> {
-    match (audio.name.as_str(), audio.sample_rate, audio.channels) {
-        ("pcm_s16le", Some(rate), Some(1)) if (4_000..=192_000).contains(&rate) => Ok(rate),
-        ("pcm_s16le", Some(rate), Some(1)) => Err(Error::BadAudio(format!(
-            "the local engine takes 4000 to 192000 Hz, not {rate} Hz"
-        ))),
-        _ => Err(Error::BadAudio(format!(
-            "the local engine takes pcm_s16le mono only, not {audio}; convert it first \
+/// The conversion of a session's audio to the engine's 16 kHz mono: any
+/// raw format, any channel count (mixed down); not a container.
+fn check_format(audio: &AudioFormat) -> Result<(ToMono, To16k)> {
+    let Some(to_mono) = ToMono::new(audio) else {
+        return Err(Error::BadAudio(format!(
+            "the local engine takes decoded audio, not {audio} passed through: sttpipe decodes \
+             WAV, MP3, FLAC, Ogg Vorbis, MP4/M4A, Matroska/WebM and AIFF itself, so drop \
+             --passthrough or --audio-format, or convert the input first \
              (e.g. ffmpeg -i IN -f s16le -ac 1 -ar 16000 -)"
+        )));
+    };
+    match audio.sample_rate {
+        Some(rate) if (4_000..=384_000).contains(&rate) => {
+            let resampler = To16k::new(rate).map_err(|e| Error::Internal(e.0))?;
+            Ok((to_mono, resampler))
+        }
+        rate => Err(Error::BadAudio(format!(
+            "the local engine takes 4000 to 384000 Hz, not {} Hz",
+            rate.unwrap_or(0)
         ))),
     }
+}
+
+/// What the engine cannot honour of `recognition` and ignores, one line
+/// each, for people: the filter says them as warnings, the daemon logs them.
+/// (Translation is not here: it is refused.)
+pub(crate) fn ignored_options(recognition: &RecognitionOptions) -> Vec<String> {
+    let mut ignored = Vec::new();
+    if recognition.model != crate::cli::session_args::DEFAULT_MODEL {
+        ignored.push(format!(
+            "the local engine runs Moonshine: --model {} is ignored (--local-model chooses its model)",
+            recognition.model
+        ));
+    }
+    if recognition.context.is_some() {
+        ignored.push("the local engine takes no context: --context is ignored".to_owned());
+    }
+    if recognition.diarize {
+        ignored.push("the local engine has no speaker labels: --diarize is ignored".to_owned());
+    }
+    let english = |hint: &String| hint == "en" || hint.starts_with("en-");
+    if !recognition.language_hints.is_empty() && !recognition.language_hints.iter().any(english) {
+        ignored.push(format!(
+            "the local engine recognises English only: --language-hints {} is ignored",
+            recognition.language_hints.join(",")
+        ));
+    }
+    ignored
 }
 
 /// What a session takes from the recognition options.
@@ -380,13 +429,8 @@ impl SessionOptions {
                     .into(),
             ));
         }
-        if recognition.diarize {
-            warn!("the local engine has no speaker labels: --diarize is ignored");
-        }
-        let english = |hint: &String| hint == "en" || hint.starts_with("en-");
-        if !recognition.language_hints.is_empty() && !recognition.language_hints.iter().any(english)
-        {
-            warn!(hints = ?recognition.language_hints, "the local engine recognises English only");
+        for ignored in ignored_options(recognition) {
+            info!("{ignored}");
         }
         Ok(SessionOptions {
             endpoints: recognition.endpoint_detection,

@@ -27,22 +27,44 @@ fn at(dir: &Path, model: LocalModel) -> LocalEngineConfig {
 // --- without the engine ------------------------------------------------
 
 #[test]
-fn only_pcm_s16le_mono_is_taken() {
-    assert_eq!(check_format(&AudioFormat::default_pcm()).unwrap(), 16_000);
-    assert_eq!(
-        check_format(&AudioFormat::raw("pcm_s16le", 44_100, 1)).unwrap(),
-        44_100
-    );
+fn any_raw_format_is_taken_and_containers_are_not() {
+    for format in [
+        AudioFormat::default_pcm(),
+        AudioFormat::raw("pcm_s16le", 44_100, 1),
+        AudioFormat::raw("pcm_s16le", 16_000, 2),
+        AudioFormat::raw("pcm_f32le", 48_000, 2),
+        AudioFormat::raw("mulaw", 8_000, 1),
+        AudioFormat::raw("pcm_s24be", 96_000, 6),
+    ] {
+        let (_, resampler) = check_format(&format).unwrap();
+        assert_eq!(Some(resampler.rate()), format.sample_rate, "{format}");
+    }
     for format in [
         AudioFormat::container("mp3"),
-        AudioFormat::raw("pcm_s16le", 16_000, 2),
-        AudioFormat::raw("pcm_f32le", 16_000, 1),
-        AudioFormat::raw("mulaw", 8_000, 1),
+        AudioFormat::container("auto"),
         AudioFormat::raw("pcm_s16le", 1_000, 1),
     ] {
         let err = check_format(&format).unwrap_err();
         assert!(matches!(err, Error::BadAudio(_)), "{format}: {err:?}");
     }
+}
+
+#[test]
+fn options_it_cannot_honour_are_named() {
+    let recognition = RecognitionOptions {
+        model: "stt-rt-v4".into(),
+        context: Some(serde_json::json!("Celebrex")),
+        ..Default::default()
+    };
+    let ignored = ignored_options(&recognition);
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
+    assert!(ignored[0].contains("--model stt-rt-v4"), "{ignored:?}");
+    assert!(ignored[1].contains("--context"), "{ignored:?}");
+    let plain = RecognitionOptions {
+        model: crate::cli::session_args::DEFAULT_MODEL.into(),
+        ..Default::default()
+    };
+    assert!(ignored_options(&plain).is_empty());
 }
 
 #[test]

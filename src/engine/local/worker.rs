@@ -1,6 +1,6 @@
 //! A session's worker thread: the state machine between the commands
-//! (audio, `Finalize`, `EndOfAudio`) and the updates. It turns pcm_s16le
-//! bytes into 16 kHz samples, feeds the VAD window by window, decodes each
+//! (audio, `Finalize`, `EndOfAudio`) and the updates. It turns raw audio
+//! of any layout into 16 kHz mono samples, feeds the VAD window by window, decodes each
 //! closed segment, padded, into final words (and `<end>`), and the speech
 //! in progress into partials when they are due. Safe code: the library is
 //! reached through [`Runtime`] and [`Vad`].
@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::dsp::{Resampler, Ring, marker, ms, samples, word_tokens};
+use super::dsp::{Ring, marker, ms, samples, word_tokens};
 use super::runtime::{Runtime, Segment, Vad};
 use super::{ONSET_LOOKBACK, PRE_ROLL_MS, SAMPLE_RATE, SessionOptions, TAIL_MS, VAD_WINDOW};
+use crate::audio::convert::ToMono;
+use crate::audio::resample::To16k;
 use crate::engine::{Control, ControlKind, EngineCommand, EngineEvent, Update};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Token;
 
 /// Partials at most this often (audio time)...
@@ -44,9 +46,9 @@ pub(crate) struct Worker {
     runtime: Arc<Runtime>,
     vad: Vad,
     options: SessionOptions,
-    resampler: Resampler,
-    /// An odd byte left from the last chunk.
-    carry: Option<u8>,
+    /// The session's raw audio as mono samples (a partial frame carried).
+    to_mono: ToMono,
+    resampler: To16k,
     /// Resampled audio not yet given to the VAD (less than a window).
     unfed: Vec<f32>,
     ring: Ring,
@@ -77,15 +79,16 @@ impl Worker {
     pub(crate) fn new(
         runtime: Arc<Runtime>,
         vad: Vad,
-        input_rate: u32,
+        to_mono: ToMono,
+        resampler: To16k,
         options: SessionOptions,
     ) -> Worker {
         Worker {
             runtime,
             vad,
             options,
-            resampler: Resampler::new(input_rate),
-            carry: None,
+            to_mono,
+            resampler,
             unfed: Vec::new(),
             ring: Ring::new(),
             received: 0,
@@ -140,7 +143,7 @@ impl Worker {
         match command {
             EngineCommand::Audio(bytes) => {
                 let mut finals = Vec::new();
-                self.take_audio(&bytes);
+                self.take_audio(&bytes, false)?;
                 let partial_changed = self.feed(&mut finals)?;
                 let progressed = ms(self.received) >= self.sent_total_ms + PROGRESS_EVERY_MS;
                 Ok((
@@ -161,6 +164,9 @@ impl Worker {
             }
             EngineCommand::EndOfAudio => {
                 let mut finals = Vec::new();
+                // The resampler's last few milliseconds.
+                self.take_audio(&[], true)?;
+                self.feed(&mut finals)?;
                 self.close(Close::End, &mut finals)?;
                 Ok((Some(self.update(finals)), true))
             }
@@ -185,31 +191,23 @@ impl Worker {
         }
     }
 
-    /// Converts pcm_s16le bytes to 16 kHz samples in the ring and the VAD's
-    /// queue.
-    fn take_audio(&mut self, bytes: &[u8]) {
+    /// Converts raw bytes to 16 kHz mono samples in the ring and the VAD's
+    /// queue; at the end of the audio (`last`), flushes the resampler.
+    fn take_audio(&mut self, bytes: &[u8], last: bool) -> Result<()> {
         let mut input = Vec::with_capacity(bytes.len() / 2 + 1);
-        let mut rest = bytes;
-        if let Some(low) = self.carry.take()
-            && let Some((&high, tail)) = rest.split_first()
-        {
-            input.push(f32::from(i16::from_le_bytes([low, high])) / 32768.0);
-            rest = tail;
-        }
-        let mut pairs = rest.chunks_exact(2);
-        input.extend(
-            pairs
-                .by_ref()
-                .map(|p| f32::from(i16::from_le_bytes([p[0], p[1]])) / 32768.0),
-        );
-        if let [odd] = pairs.remainder() {
-            self.carry = Some(*odd);
-        }
+        self.to_mono.push(bytes, &mut input);
         let mut resampled = Vec::with_capacity(input.len() * 4 + 1);
-        self.resampler.push(&input, &mut resampled);
+        let failed = |e: crate::audio::resample::ResampleFailed| Error::Internal(e.0);
+        self.resampler
+            .push(&input, &mut resampled)
+            .map_err(failed)?;
+        if last {
+            self.resampler.finish(&mut resampled).map_err(failed)?;
+        }
         self.ring.push(&resampled);
         self.received += resampled.len() as u64;
         self.unfed.extend_from_slice(&resampled);
+        Ok(())
     }
 
     /// Feeds whole windows to the VAD, decodes the segments it closes into

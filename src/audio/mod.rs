@@ -5,6 +5,12 @@
 //! real time and lets the session cut input only at whole frames. Containers
 //! (`wav` passed through, `mp3`, `ogg`, …) are opaque bytes whose duration the
 //! service reports back; see [`crate::pacer`].
+//!
+//! [`convert`] turns any raw format into mono samples, [`resample`] brings
+//! them to 16 kHz: the decoded input and the local engine share both.
+
+pub(crate) mod convert;
+pub(crate) mod resample;
 
 use std::fmt;
 
