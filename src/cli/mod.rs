@@ -205,6 +205,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_IDLE_CLOSE)]
     pub(crate) idle_close: Seconds,
 
+    /// A client's session gives up reconnecting after SECS without a
+    /// working upstream session; time queued again after Soniox refused a
+    /// start (429) does not count.
+    #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_RETRY_BUDGET)]
+    pub(crate) retry_budget: Seconds,
+
     /// The engine for sessions that do not ask for one: the Soniox service,
     /// or Moonshine on this machine, loaded at start; with local, no API key
     /// is needed.

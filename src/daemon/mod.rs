@@ -16,6 +16,7 @@
 //! their finals within `--drain-timeout`, then exits 0.
 
 mod admission;
+mod aimd;
 mod engines;
 pub(crate) mod launch;
 mod registry;
@@ -45,6 +46,7 @@ use tracing::{debug, info, warn};
 use crate::cli::ServeArgs;
 use crate::cli::values::EngineChoice;
 use crate::config::{ApiKey, SessionConfig, SessionRequest, Timing, load_api_key};
+use crate::engine::quota::Rejections;
 use crate::engine::{RateLimiter, SessionEngines};
 use crate::error::{EXIT_OK, Error, Result};
 use crate::systemd::{ListenFds, Notifier};
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     engines: Mutex<Engines>,
     admission: Admission,
     rate: Arc<RateLimiter>,
+    /// The 429s the engine met, by tier.
+    rejections: Arc<Rejections>,
     access: Mutex<Access>,
     per_uid_limit: AtomicUsize,
     registry: Arc<Registry>,
@@ -132,24 +136,28 @@ impl Shared {
 
     /// The `status` document.
     fn status(&self) -> Value {
-        let (streaming, waiting, limits) = self.admission.usage();
+        let usage = self.admission.usage();
         let mut status = self.registry.status();
-        status["queue"] = json!({"waiting": waiting, "limit": limits.queue});
+        status["queue"] = json!({"waiting": usage.waiting, "limit": usage.limits.queue});
         status["upstream"] = json!({
-            "sessions": streaming,
-            "limit": limits.max_upstream,
+            "sessions": usage.streaming,
+            "limit": usage.limits.max_upstream,
+            "effective_limit": usage.effective,
             "new_per_minute": Self::lock(&self.settings).new_sessions_per_minute,
+            "rejections": self.rejections.to_json(),
         });
         status["uptime_s"] = json!(self.started.elapsed().as_secs());
         status
     }
 
     fn status_line(&self) -> String {
-        let (streaming, waiting, limits) = self.admission.usage();
+        let usage = self.admission.usage();
         format!(
-            "{} sessions, {streaming}/{} upstream, {waiting} queued",
+            "{} sessions, {}/{} upstream, {} queued",
             self.registry.len(),
-            limits.max_upstream
+            usage.streaming,
+            usage.effective,
+            usage.waiting
         )
     }
 }
@@ -343,8 +351,9 @@ async fn serve(
 ) -> Result<()> {
     let notifier = Notifier::from_env();
     let rate = Arc::new(RateLimiter::new(settings.new_sessions_per_minute));
-    let admission = Admission::new(settings.limits);
-    let engines = Engines::build(&settings, key, &rate, &admission, None)?;
+    let admission = Admission::new(settings.limits, settings.timing);
+    let rejections = Arc::new(Rejections::default());
+    let engines = Engines::build(&settings, key, &rate, &admission, &rejections, None)?;
     engines.preload().await?;
     let listener = listen(&settings, &mut fds)?;
     let ws = match fds.take_tcp_listener() {
@@ -365,6 +374,7 @@ async fn serve(
         engines: Mutex::new(engines),
         admission,
         rate,
+        rejections,
         access: Mutex::new(settings.access.clone()),
         per_uid_limit: AtomicUsize::new(settings.max_sessions_per_uid),
         registry: Arc::new(Registry::default()),
@@ -464,6 +474,7 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
         key,
         &shared.rate,
         &shared.admission,
+        &shared.rejections,
         Some(&shared.engines()),
     )?;
     engines.preload().await?;

@@ -81,6 +81,8 @@ pub(crate) struct Settings {
     /// Idle close of a client's upstream session, which also gives its
     /// slot back (`None`: never).
     pub(crate) idle_close: Option<Duration>,
+    /// A client session's longest outage.
+    pub(crate) retry_budget: Duration,
     /// The engine of sessions that do not ask for one.
     pub(crate) engine: EngineChoice,
     /// Whether Soniox sessions fall back to the local engine.
@@ -124,6 +126,7 @@ impl Settings {
             header_timeout: args.header_timeout.get(),
             first_audio_timeout: args.first_audio_timeout.nonzero(),
             idle_close: args.idle_close.nonzero(),
+            retry_budget: args.retry_budget.get(),
             engine: args.engine,
             fallback_local: args.fallback == Some(FallbackChoice::Local),
             local: LocalEngineConfig::from(&args.local_engine),
@@ -132,11 +135,12 @@ impl Settings {
     }
 
     /// The bounds of a client's session: the filter's defaults, with the
-    /// daemon's own drain and idle close.
+    /// daemon's own drain, idle close and retry budget.
     pub(crate) fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             drain_timeout: self.drain_timeout,
             idle_close: self.idle_close,
+            retry_budget: self.retry_budget,
             ..SessionLimits::default()
         }
     }
