@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use soniox_emulator::marker::Word;
 use soniox_emulator::{Emulator, EmulatorConfig, LimitTier, Outcome, marker};
 
@@ -224,5 +225,72 @@ async fn the_warm_pool_under_a_connection_cap_fails_no_session() {
         emulator.sessions().len(),
         started.elapsed().as_secs_f64(),
         status["upstream"]
+    );
+}
+
+/// `--live-quota`: while a session waits, `status` shows Soniox's own
+/// counts (here the emulator's), asked at most every 15 s, and never while
+/// nobody waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_live_quota_while_sessions_wait() {
+    let emulator = util::emulator(EmulatorConfig {
+        max_concurrent: Some(1),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let quota_url = emulator.rest_url();
+    let daemon = Daemon::start(
+        &emulator,
+        &[
+            "--max-upstream",
+            "1",
+            "--live-quota",
+            "--quota-url",
+            &quota_url,
+        ],
+    )
+    .await;
+    // Nobody waits: nothing is asked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(emulator.rest_requests(), 0);
+    assert_eq!(
+        daemon.status().await["upstream"]["live"],
+        json!({"polled_s_ago": null})
+    );
+    let started = Instant::now();
+    let streaming = tokio::spawn(client(daemon.socket.clone(), 0, 8_000));
+    util::wait_for(Duration::from_secs(10), "one session streams", || {
+        emulator.streaming_sessions() == 1
+    })
+    .await;
+    let waiting = tokio::spawn(client(daemon.socket.clone(), 1, 3_000));
+    daemon
+        .wait_status("the live quota was read", |s| {
+            s["upstream"]["live"]["project"]["current"]["transcribe_concurrent"] == 1
+        })
+        .await;
+    let live = daemon.status().await["upstream"]["live"].clone();
+    assert_eq!(
+        live["project"]["limits"]["transcribe_concurrent"], 1,
+        "{live}"
+    );
+    assert_eq!(
+        live["organization"]["current"]["transcribe_concurrent"], 1,
+        "{live}"
+    );
+    for run in [streaming, waiting] {
+        let got = run.await.expect("the client task");
+        assert_eq!(got.code, Some(0), "stderr: {}", got.output.stderr);
+        assert_eq!(got.output.final_words(), got.expected);
+    }
+    let asked = emulator.rest_requests();
+    let bound = 1 + started.elapsed().as_secs() / 15;
+    println!(
+        "live quota: {asked} requests in {:.1} s; {live}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        (1..=bound).contains(&asked),
+        "{asked} requests, at most {bound}"
     );
 }

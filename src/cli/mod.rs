@@ -184,6 +184,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WARM_POOL)]
     pub(crate) warm_pool: usize,
 
+    /// Show Soniox's live counts of streams and connections and their
+    /// limits (GET /v1/concurrency-limits) in `status`, asked at most every
+    /// 15 s while sessions wait in the queue.
+    #[arg(long)]
+    pub(crate) live_quota: bool,
+
+    /// The base URL of Soniox's REST API, for --live-quota [default: from
+    /// the WebSocket URL: api.soniox.com over HTTPS for the US region].
+    #[arg(long, value_name = "URL")]
+    pub(crate) quota_url: Option<String>,
+
     /// On SIGTERM, wait at most SECS for the sessions' final tokens; keep it
     /// below the unit's TimeoutStopSec.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DAEMON_DRAIN)]

@@ -19,6 +19,7 @@ mod admission;
 mod aimd;
 mod engines;
 pub(crate) mod launch;
+mod live;
 mod registry;
 mod settings;
 mod unix;
@@ -52,6 +53,7 @@ use crate::error::{EXIT_OK, Error, Result};
 use crate::systemd::{ListenFds, Notifier};
 use admission::Admission;
 use engines::Engines;
+use live::LiveQuota;
 use registry::{Peer, Registry};
 use settings::{Access, Settings};
 
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     rate: Arc<RateLimiter>,
     /// The 429s the engine met, by tier.
     rejections: Arc<Rejections>,
+    /// Soniox's own counts (`--live-quota`).
+    live: Arc<LiveQuota>,
     access: Mutex<Access>,
     per_uid_limit: AtomicUsize,
     registry: Arc<Registry>,
@@ -146,6 +150,9 @@ impl Shared {
             "new_per_minute": Self::lock(&self.settings).new_sessions_per_minute,
             "rejections": self.rejections.to_json(),
         });
+        if let Some(live) = self.live.status() {
+            status["upstream"]["live"] = live;
+        }
         status["uptime_s"] = json!(self.started.elapsed().as_secs());
         status
     }
@@ -214,6 +221,22 @@ fn load_key(settings: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result
             Ok(None)
         }
         Err(err) => Err(err),
+    }
+}
+
+/// What the live quota asks, if it is on and there is a key to ask with.
+fn live_source(settings: &Settings, key: Option<&ApiKey>) -> Result<Option<live::Source>> {
+    match (&settings.live_quota, key) {
+        (Some(base), Some(key)) => Ok(Some(live::Source::new(
+            base,
+            key.clone(),
+            settings.ca_file.as_deref(),
+        )?)),
+        (Some(_), None) => {
+            warn!("--live-quota needs an API key: it is off");
+            Ok(None)
+        }
+        (None, _) => Ok(None),
     }
 }
 
@@ -353,6 +376,8 @@ async fn serve(
     let rate = Arc::new(RateLimiter::new(settings.new_sessions_per_minute));
     let admission = Admission::new(settings.limits, settings.timing);
     let rejections = Arc::new(Rejections::default());
+    let live = Arc::new(LiveQuota::default());
+    live.configure(live_source(&settings, key.as_ref())?);
     let engines = Engines::build(&settings, key, &rate, &admission, &rejections, None)?;
     engines.preload().await?;
     let listener = listen(&settings, &mut fds)?;
@@ -375,6 +400,7 @@ async fn serve(
         admission,
         rate,
         rejections,
+        live,
         access: Mutex::new(settings.access.clone()),
         per_uid_limit: AtomicUsize::new(settings.max_sessions_per_uid),
         registry: Arc::new(Registry::default()),
@@ -387,6 +413,12 @@ async fn serve(
     let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
     ws::warn_if_open(ws_addr, shared.ws_token().is_some());
     let tracker = TaskTracker::new();
+    tokio::spawn(
+        shared
+            .live
+            .clone()
+            .run(shared.admission.clone(), shared.stop.clone()),
+    );
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
@@ -469,6 +501,7 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
     let env = |name: &str| std::env::var(name).ok();
     let settings = Settings::resolve(&command_line.args, &command_line.given, &env)?;
     let key = load_key(&settings, &env)?;
+    let live = live_source(&settings, key.as_ref())?;
     let engines = Engines::build(
         &settings,
         key,
@@ -487,6 +520,7 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
         .store(settings.max_sessions_per_uid, Ordering::Relaxed);
     *Shared::lock(&shared.engines) = engines;
     *Shared::lock(&shared.ws_token) = ws_token;
+    shared.live.configure(live);
     debug!(?settings.limits, "new limits");
     *Shared::lock(&shared.settings) = settings;
     Ok(())

@@ -72,6 +72,8 @@ pub(crate) struct Settings {
     pub(crate) ws_token_file: Option<PathBuf>,
     /// Warm upstream connections.
     pub(crate) warm_pool: usize,
+    /// The REST API's base URL, when the live quota is on.
+    pub(crate) live_quota: Option<String>,
     /// Drain bound on SIGTERM.
     pub(crate) drain_timeout: Duration,
     /// Header bound.
@@ -103,10 +105,17 @@ impl Settings {
     ) -> Result<Settings> {
         let args = with_file(args, given)?;
         check_limits(&args)?;
+        let url = resolve::url(args.service.url.as_deref(), args.service.region)?;
+        let live_quota = if args.live_quota {
+            Some(super::live::rest_base(&url, args.quota_url.as_deref())?)
+        } else {
+            None
+        };
         Ok(Settings {
+            live_quota,
             socket: args.socket,
             api_key_file: args.service.api_key_file,
-            url: resolve::url(args.service.url.as_deref(), args.service.region)?,
+            url,
             ca_file: args.service.ca_file,
             limits: Limits {
                 max_upstream: args.max_upstream,
