@@ -19,6 +19,8 @@ mod reliability;
 mod tls;
 // The daemon: socket protocol, multiplexing, quotas, access, shutdown, notify.
 mod daemon;
+// The daemon behind a smaller upstream limit than it was told.
+mod quota;
 // The Soniox-compatible WebSocket endpoint.
 mod proxy;
 // What the WebSocket endpoint passes on unchanged: start fields, controls.

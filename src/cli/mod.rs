@@ -223,6 +223,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WARM_POOL)]
     pub(crate) warm_pool: usize,
 
+    /// Show Soniox's live counts of streams and connections and their
+    /// limits (GET /v1/concurrency-limits) in `status`, asked at most every
+    /// 15 s while sessions wait in the queue.
+    #[arg(long)]
+    pub(crate) live_quota: bool,
+
+    /// The base URL of Soniox's REST API, for --live-quota [default: from
+    /// the WebSocket URL: api.soniox.com over HTTPS for the US region].
+    #[arg(long, value_name = "URL")]
+    pub(crate) quota_url: Option<String>,
+
     /// On SIGTERM, wait at most SECS for the sessions' final tokens; keep it
     /// below the unit's TimeoutStopSec.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DAEMON_DRAIN)]
@@ -243,6 +254,12 @@ pub(crate) struct ServeArgs {
     /// session asks again, in turn, when its audio returns. 0 keeps both.
     #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_IDLE_CLOSE)]
     pub(crate) idle_close: Seconds,
+
+    /// A client's session gives up reconnecting after SECS without a
+    /// working upstream session; time queued again after Soniox refused a
+    /// start (429) does not count.
+    #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_RETRY_BUDGET)]
+    pub(crate) retry_budget: Seconds,
 
     /// The engine for sessions that do not ask for one: the Soniox service,
     /// or Moonshine on this machine, loaded at start; with local, no API key

@@ -6,11 +6,21 @@
 //! (its reconnects and rotations reuse it); past the limit it waits in a
 //! bounded FIFO queue, and past the queue it is refused as busy. (The rate
 //! of new upstream sessions is the engine's: [`crate::engine::RateLimiter`].)
+//!
+//! The limit in force is not always the configured one: a session whose
+//! start Soniox refuses (429) gives its slot back and goes back to the head
+//! of the queue ([`Admission::requeue`]), and the limit drops to what
+//! Soniox accepted, to be probed upward again as sessions end
+//! ([`super::aimd`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::aimd::Estimate;
+use crate::config::Timing;
 
 /// The limits, changeable at run time (SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +31,44 @@ pub(crate) struct Limits {
     pub(crate) queue: usize,
 }
 
+/// A place in the queue: the wake-up carries the epoch the slot is granted
+/// in ([`Estimate::epoch`]); a dropped receiver means the client left.
+#[derive(Debug)]
+struct Waiter {
+    wake: oneshot::Sender<u64>,
+    /// Put back after a refusal: ahead of those who have not streamed yet.
+    requeued: bool,
+}
+
 #[derive(Debug)]
 struct State {
     limits: Limits,
+    estimate: Estimate,
     active: usize,
-    /// Waiters in arrival order; a dropped receiver means the client left.
-    waiting: VecDeque<oneshot::Sender<()>>,
+    /// Waiters in order: the requeued first, then by arrival.
+    waiting: VecDeque<Waiter>,
+}
+
+impl State {
+    fn forget_gone(&mut self) {
+        self.waiting.retain(|w| !w.wake.is_closed());
+    }
+
+    /// Whether a session may start now without waiting.
+    fn room(&mut self) -> bool {
+        self.forget_gone();
+        self.active < self.estimate.effective()
+            && self.waiting.is_empty()
+            && !self.estimate.held(Instant::now())
+    }
 }
 
 /// The slot pool.
 #[derive(Debug, Clone)]
 pub(crate) struct Admission {
     state: Arc<Mutex<State>>,
+    /// Told when a hold begins, so that every waiter knows when to poke.
+    hold_begun: Arc<Notify>,
 }
 
 /// What asking for a slot gave.
@@ -54,21 +90,41 @@ pub(crate) struct Waiting {
     pub(crate) position: usize,
     admission: Admission,
     /// `None` once the slot was taken.
-    wake: Option<oneshot::Receiver<()>>,
+    wake: Option<oneshot::Receiver<u64>>,
 }
 
 impl Waiting {
-    /// Waits for the slot.
+    /// Waits for the slot. While starts are held (after a refusal), it also
+    /// wakes when the hold ends, to let the head of the queue try.
     pub(crate) async fn slot(mut self) -> Slot {
-        // The sender is only dropped after sending (a slot handed over) or
-        // when the admission is gone with its waiters, which cannot happen
-        // while `self.admission` holds it.
+        let mut epoch = 0;
         if let Some(wake) = self.wake.as_mut() {
-            let _ = wake.await;
+            loop {
+                // Listening before reading the hold, so that one begun in
+                // between is not missed.
+                let begun = self.admission.hold_begun.notified();
+                tokio::pin!(begun);
+                begun.as_mut().enable();
+                let hold = self.admission.lock().estimate.hold_until();
+                tokio::select! {
+                    // The sender is only dropped after sending (a slot
+                    // handed over) or when the admission is gone with its
+                    // waiters, which cannot happen while `self.admission`
+                    // holds it.
+                    granted = &mut *wake => {
+                        epoch = granted.unwrap_or_default();
+                        break;
+                    }
+                    () = sleep_until_or_never(hold) => self.admission.poke(),
+                    () = begun => {}
+                }
+            }
         }
         self.wake = None;
         Slot {
             admission: self.admission.clone(),
+            epoch,
+            live: true,
         }
     }
 }
@@ -79,7 +135,7 @@ impl Drop for Waiting {
             // Closed first, so no slot can be handed over after the check.
             wake.close();
             if wake.try_recv().is_ok() {
-                self.admission.release();
+                self.admission.release(false);
             }
         }
     }
@@ -89,23 +145,44 @@ impl Drop for Waiting {
 #[derive(Debug)]
 pub(crate) struct Slot {
     admission: Admission,
+    /// The epoch it was granted in.
+    epoch: u64,
+    /// Cleared when given back by [`Admission::requeue`] instead.
+    live: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.admission.release();
+        if self.live {
+            self.admission.release(true);
+        }
     }
 }
 
+/// The admission's counts now, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Sessions holding a slot.
+    pub(crate) streaming: usize,
+    /// Sessions waiting for one.
+    pub(crate) waiting: usize,
+    /// The configured limits.
+    pub(crate) limits: Limits,
+    /// The upstream limit in force.
+    pub(crate) effective: usize,
+}
+
 impl Admission {
-    /// A pool with `limits`.
-    pub(crate) fn new(limits: Limits) -> Admission {
+    /// A pool with `limits`; holds after refusals run on `timing`.
+    pub(crate) fn new(limits: Limits, timing: Timing) -> Admission {
         Admission {
             state: Arc::new(Mutex::new(State {
                 limits,
+                estimate: Estimate::new(limits.max_upstream, timing),
                 active: 0,
                 waiting: VecDeque::new(),
             })),
+            hold_begun: Arc::new(Notify::new()),
         }
     }
 
@@ -115,20 +192,25 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn grant(&self, state: &mut State) -> Slot {
+        state.active += 1;
+        Slot {
+            admission: self.clone(),
+            epoch: state.estimate.epoch(),
+            live: true,
+        }
+    }
+
     /// Asks for a slot.
     pub(crate) fn ask(&self) -> Ticket {
         let mut state = self.lock();
-        state.waiting.retain(|w| !w.is_closed());
-        if state.active < state.limits.max_upstream && state.waiting.is_empty() {
-            state.active += 1;
-            return Ticket::Admitted(Slot {
-                admission: self.clone(),
-            });
+        if state.room() {
+            return Ticket::Admitted(self.grant(&mut state));
         }
         if state.waiting.len() >= state.limits.queue {
             return Ticket::Busy;
         }
-        Ticket::Queued(self.enqueue(&mut state))
+        Ticket::Queued(self.enqueue(&mut state, false))
     }
 
     /// A slot, waiting in the queue however long it is: for a session that
@@ -137,70 +219,128 @@ impl Admission {
     pub(crate) async fn wait(&self) -> Slot {
         let waiting = {
             let mut state = self.lock();
-            state.waiting.retain(|w| !w.is_closed());
-            if state.active < state.limits.max_upstream && state.waiting.is_empty() {
-                state.active += 1;
-                return Slot {
-                    admission: self.clone(),
-                };
+            if state.room() {
+                return self.grant(&mut state);
             }
-            self.enqueue(&mut state)
+            self.enqueue(&mut state, false)
         };
         waiting.slot().await
     }
 
-    fn enqueue(&self, state: &mut State) -> Waiting {
+    /// Soniox refused the start of `slot`'s session: the slot is given back,
+    /// the limit in force drops to the sessions still holding one, and the
+    /// session waits again at the head of the queue (behind others put
+    /// back before it), however long the queue is.
+    pub(crate) fn requeue(&self, mut slot: Slot) -> Waiting {
+        slot.live = false;
+        let mut state = self.lock();
+        state.active -= 1;
+        let others = state.active;
+        let hold_before = state.estimate.hold_until();
+        state.estimate.refused(others, slot.epoch, Instant::now());
+        state.forget_gone();
+        let waiting = self.enqueue(&mut state, true);
+        Self::hand_over(&mut state, 0);
+        if state.estimate.hold_until() != hold_before {
+            self.hold_begun.notify_waiters();
+        }
+        waiting
+    }
+
+    /// Queues a waiter: the requeued after those put back before them, the
+    /// rest at the end.
+    fn enqueue(&self, state: &mut State, requeued: bool) -> Waiting {
         let (tx, rx) = oneshot::channel();
-        state.waiting.push_back(tx);
+        let waiter = Waiter { wake: tx, requeued };
+        let at = if requeued {
+            state.waiting.iter().take_while(|w| w.requeued).count()
+        } else {
+            state.waiting.len()
+        };
+        state.waiting.insert(at, waiter);
         Waiting {
-            position: state.waiting.len(),
+            position: at + 1,
             admission: self.clone(),
             wake: Some(rx),
         }
     }
 
-    fn release(&self) {
+    /// A slot given back; `ended`: by a session that was not refused (a
+    /// waiter that left before taking its slot was not a session).
+    fn release(&self, ended: bool) {
         let mut state = self.lock();
         state.active -= 1;
-        Self::hand_over(&mut state);
+        if ended {
+            state.estimate.ended();
+        }
+        Self::hand_over(&mut state, 1);
     }
 
-    /// Gives free slots to waiters still there.
-    fn hand_over(state: &mut State) {
-        while state.active < state.limits.max_upstream {
+    /// A hold may have ended: let the head of the queue try.
+    fn poke(&self) {
+        let mut state = self.lock();
+        Self::hand_over(&mut state, 0);
+    }
+
+    /// Gives free slots to waiters still there. While starts are held,
+    /// only `passed` slots (just given back by sessions Soniox had
+    /// accepted) go on.
+    fn hand_over(state: &mut State, mut passed: usize) {
+        while state.active < state.estimate.effective() {
+            let held = state.estimate.held(Instant::now());
+            if held && passed == 0 {
+                break;
+            }
             let Some(waiter) = state.waiting.pop_front() else {
                 break;
             };
-            if waiter.send(()).is_ok() {
+            if waiter.wake.send(state.estimate.epoch()).is_ok() {
                 state.active += 1;
+                if held {
+                    passed -= 1;
+                }
             }
         }
     }
 
     /// New limits (SIGHUP): a higher limit admits waiters at once; a lower
-    /// one lets running sessions finish.
+    /// one lets running sessions finish. A changed upstream limit replaces
+    /// the one learned from refusals.
     pub(crate) fn set_limits(&self, limits: Limits) {
         let mut state = self.lock();
         state.limits = limits;
-        Self::hand_over(&mut state);
+        state.estimate.set_max(limits.max_upstream);
+        Self::hand_over(&mut state, 0);
     }
 
-    /// Slots free now (none while anyone waits).
+    /// Slots free now (none while anyone waits), under the limit in force.
     pub(crate) fn free_slots(&self) -> usize {
         let mut state = self.lock();
-        state.waiting.retain(|w| !w.is_closed());
+        state.forget_gone();
         if state.waiting.is_empty() {
-            state.limits.max_upstream.saturating_sub(state.active)
+            state.estimate.effective().saturating_sub(state.active)
         } else {
             0
         }
     }
 
-    /// (streaming, waiting, limits) now.
-    pub(crate) fn usage(&self) -> (usize, usize, Limits) {
+    /// The counts now.
+    pub(crate) fn usage(&self) -> Usage {
         let mut state = self.lock();
-        state.waiting.retain(|w| !w.is_closed());
-        (state.active, state.waiting.len(), state.limits)
+        state.forget_gone();
+        Usage {
+            streaming: state.active,
+            waiting: state.waiting.len(),
+            limits: state.limits,
+            effective: state.estimate.effective(),
+        }
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -211,10 +351,13 @@ mod tests {
 
     #[tokio::test]
     async fn slots_queue_and_hand_over_in_order() {
-        let admission = Admission::new(Limits {
-            max_upstream: 1,
-            queue: 2,
-        });
+        let admission = Admission::new(
+            Limits {
+                max_upstream: 1,
+                queue: 2,
+            },
+            Timing::REAL,
+        );
         let Ticket::Admitted(first) = admission.ask() else {
             panic!("a free slot")
         };
@@ -230,29 +373,23 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_secs(1), second.slot())
             .await
             .expect("handed over");
-        assert_eq!(admission.usage().0, 1);
+        assert_eq!(admission.usage().streaming, 1);
         // A waiter that leaves gives its place up.
         drop(third);
         drop(second);
-        assert_eq!(
-            admission.usage(),
-            (
-                0,
-                0,
-                Limits {
-                    max_upstream: 1,
-                    queue: 2
-                }
-            )
-        );
+        let usage = admission.usage();
+        assert_eq!((usage.streaming, usage.waiting, usage.effective), (0, 0, 1));
     }
 
     #[tokio::test]
     async fn a_waiter_that_leaves_after_its_turn_gives_the_slot_back() {
-        let admission = Admission::new(Limits {
-            max_upstream: 1,
-            queue: 5,
-        });
+        let admission = Admission::new(
+            Limits {
+                max_upstream: 1,
+                queue: 5,
+            },
+            Timing::REAL,
+        );
         let Ticket::Admitted(first) = admission.ask() else {
             panic!("a free slot")
         };
@@ -261,9 +398,9 @@ mod tests {
         };
         // Its turn comes, but it is gone before it takes the slot.
         drop(first);
-        assert_eq!(admission.usage().0, 1, "handed over");
+        assert_eq!(admission.usage().streaming, 1, "handed over");
         drop(second);
-        assert_eq!(admission.usage().0, 0, "given back, not leaked");
+        assert_eq!(admission.usage().streaming, 0, "given back, not leaked");
         // An idle session asking again waits its turn, however full the queue.
         let Ticket::Admitted(busy) = admission.ask() else {
             panic!("a free slot")
@@ -282,10 +419,13 @@ mod tests {
 
     #[tokio::test]
     async fn raising_the_limit_admits_waiters() {
-        let admission = Admission::new(Limits {
-            max_upstream: 0,
-            queue: 5,
-        });
+        let admission = Admission::new(
+            Limits {
+                max_upstream: 0,
+                queue: 5,
+            },
+            Timing::REAL,
+        );
         let Ticket::Queued(waiting) = admission.ask() else {
             panic!("queued")
         };
@@ -296,5 +436,103 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), waiting.slot())
             .await
             .expect("admitted after the raise");
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use super::*;
+    use std::time::Duration;
+
+    fn admission(max_upstream: usize) -> Admission {
+        Admission::new(
+            Limits {
+                max_upstream,
+                queue: 10,
+            },
+            Timing::REAL,
+        )
+    }
+
+    fn admitted(admission: &Admission) -> Slot {
+        match admission.ask() {
+            Ticket::Admitted(slot) => slot,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    async fn granted(waiting: Waiting) -> Slot {
+        tokio::time::timeout(Duration::from_secs(60), waiting.slot())
+            .await
+            .expect("granted")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_session_goes_back_to_the_head_and_the_limit_drops() {
+        let admission = admission(4);
+        let accepted: Vec<Slot> = (0..2).map(|_| admitted(&admission)).collect();
+        let refused: Vec<Slot> = (0..2).map(|_| admitted(&admission)).collect();
+        let Ticket::Queued(fresh) = admission.ask() else {
+            panic!("queued")
+        };
+        let mut requeued: Vec<Waiting> = refused
+            .into_iter()
+            .map(|slot| admission.requeue(slot))
+            .collect();
+        // The refused go ahead of the fresh one, in the order refused.
+        assert_eq!(
+            requeued.iter().map(|w| w.position).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let usage = admission.usage();
+        assert_eq!((usage.streaming, usage.waiting), (2, 3));
+        assert_eq!((usage.limits.max_upstream, usage.effective), (4, 2));
+        assert_eq!(admission.free_slots(), 0);
+        // A session that ends passes its slot to the first refused one, at
+        // once: held or not, Soniox accepted a stream there.
+        let mut accepted = accepted.into_iter();
+        drop(accepted.next());
+        let first = granted(requeued.remove(0)).await;
+        assert_eq!(admission.usage().streaming, 2);
+        // That was one clean end; the second raises the limit to 3, so two
+        // go on: the second refused, then the fresh one.
+        drop(accepted.next());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let second = granted(requeued.remove(0)).await;
+        let third = granted(fresh).await;
+        let usage = admission.usage();
+        assert_eq!((usage.streaming, usage.effective), (3, 3));
+        drop((first, second, third));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alone_and_refused_a_session_waits_out_the_hold() {
+        let admission = admission(2);
+        let slot = admitted(&admission);
+        let start = tokio::time::Instant::now();
+        // Refused with nothing else streaming (another daemon has the
+        // project's streams): the floor is one, but not at once.
+        let waiting = admission.requeue(slot);
+        assert_eq!(admission.usage().effective, 1);
+        let Ticket::Queued(fresh) = admission.ask() else {
+            panic!("a fresh session queues behind it during the hold")
+        };
+        let slot = granted(waiting).await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(1),
+            "{waited:?}"
+        );
+        // Refused again: the hold grows.
+        let start = tokio::time::Instant::now();
+        let waiting = admission.requeue(slot);
+        let slot = granted(waiting).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(slot);
+        granted(fresh).await;
     }
 }

@@ -16,6 +16,7 @@ use tracing::info;
 use crate::cli::values::{EngineChoice, LocalModel};
 use crate::config::{ApiKey, EngineRequest, ServiceConfig};
 use crate::engine::local::LocalEngine;
+use crate::engine::quota::Rejections;
 use crate::engine::soniox::SonioxEngine;
 use crate::engine::{Engine, RateLimiter, SessionEngines};
 use crate::error::{Error, Result};
@@ -54,6 +55,7 @@ impl Engines {
         key: Option<ApiKey>,
         rate: &Arc<RateLimiter>,
         admission: &Admission,
+        rejections: &Arc<Rejections>,
         previous: Option<&Engines>,
     ) -> Result<Engines> {
         let soniox = match key {
@@ -65,6 +67,7 @@ impl Engines {
                     timing: settings.timing,
                 })?
                 .with_rate(rate.clone())
+                .with_rejections(rejections.clone())
                 .with_warm_pool(settings.warm_pool, {
                     let admission = admission.clone();
                     Arc::new(move || admission.free_slots())

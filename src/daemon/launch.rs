@@ -16,6 +16,7 @@
 //! A front end only moves bytes: the Unix socket's raw audio and NDJSON,
 //! or the Soniox protocol's frames.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use super::admission::{Slot, Ticket};
 use super::registry::{Peer, Progress, Registration, State};
 use crate::config::{SessionConfig, SessionRequest};
 use crate::engine::SessionEngines;
+use crate::engine::quota::Tier;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::session::{self, Lease, Retake, SessionInput, Summary};
@@ -198,7 +200,9 @@ impl Admitted {
 
 /// The session's hold on `slot`: given back while the session is idle
 /// (its upstream session closed for lack of audio), asked for again, in the
-/// queue's order, when audio returns.
+/// queue's order, when audio returns; given back when Soniox refuses the
+/// session's start, and asked for again at the head of the queue (the
+/// admission lowers its limit meanwhile).
 fn lease(shared: &Arc<Shared>, slot: Slot, progress: Arc<Progress>) -> Lease {
     let held = Arc::new(std::sync::Mutex::new(Some(slot)));
     let give_back = {
@@ -209,17 +213,47 @@ fn lease(shared: &Arc<Shared>, slot: Slot, progress: Arc<Progress>) -> Lease {
             progress.set_state(State::Idle);
         }
     };
-    let admission = shared.admission.clone();
-    let take = move || -> Retake {
-        let (admission, held, progress) = (admission.clone(), held.clone(), progress.clone());
-        progress.set_state(State::Queued);
-        Box::pin(async move {
-            let slot = admission.wait().await;
-            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
-            progress.set_state(State::Streaming);
-        })
+    // The wait for a slot, which the lease then holds.
+    let hold = {
+        let (held, progress) = (held.clone(), progress.clone());
+        move |slot: std::pin::Pin<Box<dyn Future<Output = Slot> + Send + Sync>>| -> Retake {
+            let (held, progress) = (held.clone(), progress.clone());
+            progress.set_state(State::Queued);
+            Box::pin(async move {
+                let slot = slot.await;
+                *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+                progress.set_state(State::Streaming);
+            })
+        }
     };
-    Lease::new(give_back, take)
+    let admission = shared.admission.clone();
+    let take = {
+        let (admission, hold) = (admission.clone(), hold.clone());
+        move || -> Retake {
+            let admission = admission.clone();
+            hold(Box::pin(async move { admission.wait().await }))
+        }
+    };
+    let requeue = move |tier: Tier| -> (usize, Retake) {
+        let slot = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(slot) = slot else {
+            // The lease requeues only while it holds the slot; were it gone,
+            // the session would just wait its turn.
+            warn!(tier = tier.as_str(), "requeued without a slot");
+            let admission = admission.clone();
+            return (1, hold(Box::pin(async move { admission.wait().await })));
+        };
+        let waiting = admission.requeue(slot);
+        let position = waiting.position;
+        info!(
+            tier = tier.as_str(),
+            position,
+            effective_limit = admission.usage().effective,
+            "Soniox refused a session's start: back at the head of the queue"
+        );
+        (position, hold(Box::pin(waiting.slot())))
+    };
+    Lease::new(give_back, take).with_requeue(requeue)
 }
 
 /// A running session's task; aborted if dropped before it ends, which

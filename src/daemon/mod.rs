@@ -17,8 +17,10 @@
 //! their finals within `--drain-timeout`, then exits 0.
 
 mod admission;
+mod aimd;
 mod engines;
 pub(crate) mod launch;
+mod live;
 mod registry;
 mod settings;
 mod unix;
@@ -47,11 +49,13 @@ use tracing::{debug, info, warn};
 use crate::cli::ServeArgs;
 use crate::cli::values::EngineChoice;
 use crate::config::{ApiKey, SessionConfig, SessionRequest, Timing, load_api_key};
+use crate::engine::quota::Rejections;
 use crate::engine::{RateLimiter, SessionEngines};
 use crate::error::{EXIT_OK, Error, Result};
 use crate::systemd::{ListenFds, Notifier};
 use admission::Admission;
 use engines::Engines;
+use live::LiveQuota;
 use registry::{Peer, Registry};
 use settings::{Access, Settings, WyomingRules};
 
@@ -61,6 +65,10 @@ pub(crate) struct Shared {
     engines: Mutex<Engines>,
     admission: Admission,
     rate: Arc<RateLimiter>,
+    /// The 429s the engine met, by tier.
+    rejections: Arc<Rejections>,
+    /// Soniox's own counts (`--live-quota`).
+    live: Arc<LiveQuota>,
     access: Mutex<Access>,
     per_uid_limit: AtomicUsize,
     registry: Arc<Registry>,
@@ -138,24 +146,31 @@ impl Shared {
 
     /// The `status` document.
     fn status(&self) -> Value {
-        let (streaming, waiting, limits) = self.admission.usage();
+        let usage = self.admission.usage();
         let mut status = self.registry.status();
-        status["queue"] = json!({"waiting": waiting, "limit": limits.queue});
+        status["queue"] = json!({"waiting": usage.waiting, "limit": usage.limits.queue});
         status["upstream"] = json!({
-            "sessions": streaming,
-            "limit": limits.max_upstream,
+            "sessions": usage.streaming,
+            "limit": usage.limits.max_upstream,
+            "effective_limit": usage.effective,
             "new_per_minute": Self::lock(&self.settings).new_sessions_per_minute,
+            "rejections": self.rejections.to_json(),
         });
+        if let Some(live) = self.live.status() {
+            status["upstream"]["live"] = live;
+        }
         status["uptime_s"] = json!(self.started.elapsed().as_secs());
         status
     }
 
     fn status_line(&self) -> String {
-        let (streaming, waiting, limits) = self.admission.usage();
+        let usage = self.admission.usage();
         format!(
-            "{} sessions, {streaming}/{} upstream, {waiting} queued",
+            "{} sessions, {}/{} upstream, {} queued",
             self.registry.len(),
-            limits.max_upstream
+            usage.streaming,
+            usage.effective,
+            usage.waiting
         )
     }
 }
@@ -212,6 +227,22 @@ fn load_key(settings: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result
             Ok(None)
         }
         Err(err) => Err(err),
+    }
+}
+
+/// What the live quota asks, if it is on and there is a key to ask with.
+fn live_source(settings: &Settings, key: Option<&ApiKey>) -> Result<Option<live::Source>> {
+    match (&settings.live_quota, key) {
+        (Some(base), Some(key)) => Ok(Some(live::Source::new(
+            base,
+            key.clone(),
+            settings.ca_file.as_deref(),
+        )?)),
+        (Some(_), None) => {
+            warn!("--live-quota needs an API key: it is off");
+            Ok(None)
+        }
+        (None, _) => Ok(None),
     }
 }
 
@@ -349,8 +380,11 @@ async fn serve(
 ) -> Result<()> {
     let notifier = Notifier::from_env();
     let rate = Arc::new(RateLimiter::new(settings.new_sessions_per_minute));
-    let admission = Admission::new(settings.limits);
-    let engines = Engines::build(&settings, key, &rate, &admission, None)?;
+    let admission = Admission::new(settings.limits, settings.timing);
+    let rejections = Arc::new(Rejections::default());
+    let live = Arc::new(LiveQuota::default());
+    live.configure(live_source(&settings, key.as_ref())?);
+    let engines = Engines::build(&settings, key, &rate, &admission, &rejections, None)?;
     engines.preload().await?;
     let listener = listen(&settings, &mut fds)?;
     let ws = match fds.take_tcp_listener() {
@@ -379,6 +413,8 @@ async fn serve(
         engines: Mutex::new(engines),
         admission,
         rate,
+        rejections,
+        live,
         access: Mutex::new(settings.access.clone()),
         per_uid_limit: AtomicUsize::new(settings.max_sessions_per_uid),
         registry: Arc::new(Registry::default()),
@@ -391,6 +427,12 @@ async fn serve(
     let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
     ws::warn_if_open(ws_addr, shared.ws_token().is_some());
     let tracker = TaskTracker::new();
+    tokio::spawn(
+        shared
+            .live
+            .clone()
+            .run(shared.admission.clone(), shared.stop.clone()),
+    );
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
@@ -483,11 +525,13 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
     let env = |name: &str| std::env::var(name).ok();
     let settings = Settings::resolve(&command_line.args, &command_line.given, &env)?;
     let key = load_key(&settings, &env)?;
+    let live = live_source(&settings, key.as_ref())?;
     let engines = Engines::build(
         &settings,
         key,
         &shared.rate,
         &shared.admission,
+        &shared.rejections,
         Some(&shared.engines()),
     )?;
     engines.preload().await?;
@@ -500,6 +544,7 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
         .store(settings.max_sessions_per_uid, Ordering::Relaxed);
     *Shared::lock(&shared.engines) = engines;
     *Shared::lock(&shared.ws_token) = ws_token;
+    shared.live.configure(live);
     debug!(?settings.limits, "new limits");
     *Shared::lock(&shared.settings) = settings;
     Ok(())

@@ -95,6 +95,8 @@ pub(crate) struct Settings {
     pub(crate) wyoming: WyomingRules,
     /// Warm upstream connections.
     pub(crate) warm_pool: usize,
+    /// The REST API's base URL, when the live quota is on.
+    pub(crate) live_quota: Option<String>,
     /// Drain bound on SIGTERM.
     pub(crate) drain_timeout: Duration,
     /// Header bound.
@@ -104,6 +106,8 @@ pub(crate) struct Settings {
     /// Idle close of a client's upstream session, which also gives its
     /// slot back (`None`: never).
     pub(crate) idle_close: Option<Duration>,
+    /// A client session's longest outage.
+    pub(crate) retry_budget: Duration,
     /// The engine of sessions that do not ask for one.
     pub(crate) engine: EngineChoice,
     /// Whether Soniox sessions fall back to the local engine.
@@ -124,10 +128,17 @@ impl Settings {
     ) -> Result<Settings> {
         let args = with_file(args, given)?;
         check_limits(&args)?;
+        let url = resolve::url(args.service.url.as_deref(), args.service.region)?;
+        let live_quota = if args.live_quota {
+            Some(super::live::rest_base(&url, args.quota_url.as_deref())?)
+        } else {
+            None
+        };
         Ok(Settings {
+            live_quota,
             socket: args.socket,
             api_key_file: args.service.api_key_file,
-            url: resolve::url(args.service.url.as_deref(), args.service.region)?,
+            url,
             ca_file: args.service.ca_file,
             limits: Limits {
                 max_upstream: args.max_upstream,
@@ -153,6 +164,7 @@ impl Settings {
             header_timeout: args.header_timeout.get(),
             first_audio_timeout: args.first_audio_timeout.nonzero(),
             idle_close: args.idle_close.nonzero(),
+            retry_budget: args.retry_budget.get(),
             engine: args.engine,
             fallback_local: args.fallback == Some(FallbackChoice::Local),
             local: LocalEngineConfig::from(&args.local_engine),
@@ -161,11 +173,12 @@ impl Settings {
     }
 
     /// The bounds of a client's session: the filter's defaults, with the
-    /// daemon's own drain and idle close.
+    /// daemon's own drain, idle close and retry budget.
     pub(crate) fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             drain_timeout: self.drain_timeout,
             idle_close: self.idle_close,
+            retry_budget: self.retry_budget,
             ..SessionLimits::default()
         }
     }

@@ -15,6 +15,7 @@
 //! follow a script, for the session core.
 
 pub(crate) mod local;
+pub(crate) mod quota;
 pub(crate) mod rate;
 #[cfg(test)]
 pub(crate) mod scripted;

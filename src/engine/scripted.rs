@@ -52,6 +52,9 @@ pub(crate) enum Attempt {
     DropAfter(u64),
     /// Like [`Attempt::DropAfter`], with a service error frame (e.g. 503).
     ErrorAfter(u64, u16),
+    /// A 429 past the cap on connections (`max_concurrent_connections_reached`)
+    /// as soon as the session opens.
+    Crowded,
 }
 
 /// One word of [`speech`], on the stream's timeline.
@@ -216,6 +219,7 @@ impl ScriptedEngine {
             Attempt::Reject => Some((0, Fault::Service(401))),
             Attempt::DropAfter(ms) => Some((ms, Fault::Drop)),
             Attempt::ErrorAfter(ms, code) => Some((ms, Fault::Service(code))),
+            Attempt::Crowded => Some((0, Fault::Crowded)),
         };
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -238,6 +242,7 @@ impl ScriptedEngine {
 enum Fault {
     Drop,
     Service(u16),
+    Crowded,
 }
 
 impl Fault {
@@ -248,6 +253,11 @@ impl Fault {
                 code,
                 error_type: None,
                 message: "scripted failure".into(),
+            },
+            Fault::Crowded => Error::Service {
+                code: 429,
+                error_type: Some("max_concurrent_connections_reached".into()),
+                message: "scripted: too many connections".into(),
             },
         }
     }

@@ -7,7 +7,9 @@
 //! out as the client sent them, and an empty text frame ends the audio; the
 //! connection is read until `finished` so that the finals that arrive after
 //! the end of audio are never dropped. Error frames become
-//! [`Error::Service`].
+//! [`Error::Service`]; the daemon's engine counts every 429 by tier
+//! ([`super::quota`]), and a refusal past the cap on connections shrinks
+//! its warm pool, whose idle connections count against that cap.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 
+use super::quota::{Rejections, Tier};
 use super::{
     COMMAND_QUEUE, EVENT_QUEUE, EngineCommand, EngineEvent, EngineLink, RateLimiter, Update,
 };
@@ -47,6 +50,10 @@ pub(crate) const PING_EVERY: Duration = Duration::from_secs(5);
 /// A service that owes an answer and stays silent this long is gone.
 pub(crate) const HALF_OPEN_AFTER: Duration = Duration::from_secs(10);
 
+mod pool;
+
+use pool::{PoolRoom, WarmPool, keep_warm};
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects upstream sessions to Soniox.
@@ -58,96 +65,8 @@ pub(crate) struct SonioxEngine {
     rate: Option<Arc<RateLimiter>>,
     /// Connections opened ahead of need (the daemon's warm pool).
     pool: Option<Arc<WarmPool>>,
-}
-
-/// A warm connection older than this is replaced: idle, unconfigured
-/// connections are not kept forever by the service (the Python SDK replaces
-/// them before 10 minutes).
-pub(crate) const WARM_MAX_AGE: Duration = Duration::from_secs(9 * 60);
-
-/// How many idle connections the pool may hold now: the daemon's free
-/// upstream slots, so that warm connections and streaming sessions together
-/// stay within `--max-upstream` (Soniox counts idle connections too).
-pub(crate) type PoolRoom = Arc<dyn Fn() -> usize + Send + Sync>;
-
-/// Open connections waiting for a session.
-struct WarmPool {
-    size: usize,
-    room: PoolRoom,
-    /// Oldest first, with the time each was opened.
-    idle: Mutex<VecDeque<(Instant, Socket)>>,
-    /// A connection was taken: open another.
-    wanted: Notify,
-}
-
-impl WarmPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Socket)>> {
-        // Plain pushes and pops: a panic cannot leave the queue half-done.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The newest connection young enough to use.
-    fn take(&self) -> Option<Socket> {
-        let taken = {
-            let mut idle = self.lock();
-            idle.retain(|(opened, _)| opened.elapsed() < WARM_MAX_AGE);
-            idle.pop_back()
-        };
-        self.wanted.notify_one();
-        taken.map(|(_, socket)| socket)
-    }
-}
-
-/// Keeps the pool full and its connections alive, until the engine is gone.
-async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEngine) {
-    let keepalive_every = engine.service.timing.wall(KEEPALIVE_AFTER);
-    loop {
-        let Some(strong) = pool.upgrade() else {
-            return;
-        };
-        let target = strong.size.min((strong.room)());
-        let missing = target.saturating_sub(strong.lock().len());
-        for _ in 0..missing {
-            // A warm connection is a new connection as the quota counts it:
-            // it takes its token now, and the session that uses it none.
-            if let Some(rate) = &engine.rate {
-                rate.take().await;
-            }
-            match engine.connect().await {
-                Ok(socket) => strong.lock().push_back((Instant::now(), socket)),
-                Err(err) => {
-                    debug!(error = %err, "warm pool: connect failed");
-                    break;
-                }
-            }
-        }
-        // Keepalives on the idle connections: the service may send one
-        // before the start request (the Python SDK's preconnect does).
-        // Past the room (more sessions stream now), the oldest go.
-        let idle: Vec<(Instant, Socket)> = strong.lock().drain(..).collect();
-        let surplus = idle.len().saturating_sub(target);
-        let mut alive = Vec::with_capacity(idle.len());
-        for (i, (opened, mut socket)) in idle.into_iter().enumerate() {
-            let young = opened.elapsed() < WARM_MAX_AGE;
-            if i >= surplus
-                && young
-                && socket
-                    .send(Message::text(r#"{"type":"keepalive"}"#))
-                    .await
-                    .is_ok()
-            {
-                alive.push((opened, socket));
-            } else {
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
-            }
-        }
-        strong.lock().extend(alive);
-        // Holding the pool while waiting only delays its end by one period.
-        tokio::select! {
-            () = strong.wanted.notified() => {}
-            () = tokio::time::sleep(keepalive_every) => {}
-        }
-    }
+    /// Where the 429s are counted (the daemon's).
+    rejections: Option<Arc<Rejections>>,
 }
 
 impl std::fmt::Debug for SonioxEngine {
@@ -167,7 +86,33 @@ impl SonioxEngine {
             tls,
             rate: None,
             pool: None,
+            rejections: None,
         })
+    }
+
+    /// Counts the 429s its sessions and its pool meet in `rejections`.
+    pub(crate) fn with_rejections(mut self, rejections: Arc<Rejections>) -> SonioxEngine {
+        self.rejections = Some(rejections);
+        self
+    }
+
+    /// Counts a 429 by tier; gives the tier.
+    fn count(&self, err: &Error) -> Option<Tier> {
+        let tier = Tier::of(err)?;
+        if let Some(rejections) = &self.rejections {
+            rejections.count(tier);
+        }
+        Some(tier)
+    }
+
+    /// Notes a session's failure: a 429 is counted, and one past the cap on
+    /// connections shrinks the warm pool.
+    fn note(&self, err: &Error) {
+        if self.count(err) == Some(Tier::Connections)
+            && let Some(pool) = &self.pool
+        {
+            pool.shrink();
+        }
     }
 
     /// Limits how fast upstream sessions open.
@@ -177,7 +122,7 @@ impl SonioxEngine {
     }
 
     /// Keeps up to `size` connections open and ready (handshake done,
-    /// keepalives sent, replaced before [`WARM_MAX_AGE`]), so that a
+    /// keepalives sent, replaced before [`pool::WARM_MAX_AGE`]), so that a
     /// session's first audio goes out without a TCP, TLS and WebSocket
     /// handshake; never more than `room` allows. Each warm connection takes
     /// a token of the rate limit when it opens. Must be called within a
@@ -186,6 +131,7 @@ impl SonioxEngine {
         if size > 0 {
             let pool = Arc::new(WarmPool {
                 size,
+                cap: Mutex::new((size, Instant::now())),
                 room,
                 idle: Mutex::new(VecDeque::new()),
                 wanted: Notify::new(),
@@ -209,6 +155,12 @@ impl SonioxEngine {
             // A warm connection the service has closed fails the send: then
             // the next one, or a fresh connection.
             while let Some(mut warm) = pool.take() {
+                if let Err(tier) = self.check_idle(&mut warm) {
+                    if tier == Some(Tier::Connections) {
+                        pool.shrink();
+                    }
+                    continue;
+                }
                 if warm.send(start.clone()).await.is_ok() {
                     socket = Some(warm);
                     break;
@@ -232,7 +184,13 @@ impl SonioxEngine {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let timers = Timers::new(self.service.timing);
-        tokio::spawn(run_connection(socket, commands_rx, events_tx, timers));
+        tokio::spawn(run_connection(
+            socket,
+            commands_rx,
+            events_tx,
+            timers,
+            self.clone(),
+        ));
         Ok(EngineLink {
             commands: commands_tx,
             events: events_rx,
@@ -269,7 +227,11 @@ impl SonioxEngine {
                 format!("no answer within {:.1} s", bound.as_secs_f64()),
                 true,
             )),
-            Ok(Err(e)) => Err(classify_connect_error(url, e)),
+            Ok(Err(e)) => {
+                let err = classify_connect_error(url, e);
+                self.note(&err);
+                Err(err)
+            }
             Ok(Ok((socket, _response))) => Ok(socket),
         }
     }
@@ -378,16 +340,19 @@ enum Ending {
     Abandoned,
 }
 
-/// Runs one upstream connection until `finished`, an error, or abandonment.
+/// Runs one upstream connection until `finished`, an error, or abandonment;
+/// `engine` notes its failure.
 async fn run_connection(
     mut socket: Socket,
     mut commands: mpsc::Receiver<EngineCommand>,
     events: mpsc::Sender<EngineEvent>,
     timers: Timers,
+    engine: SonioxEngine,
 ) {
     let ending = match drive(&mut socket, &mut commands, &events, timers).await {
         Ok(ending) => ending,
         Err(err) => {
+            engine.note(&err);
             // The receiver may be gone already; nothing else to tell.
             let _ = events.send(EngineEvent::Failed(err)).await;
             Ending::Failed

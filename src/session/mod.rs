@@ -17,7 +17,9 @@
 //!   stalled connection, 408/429/500/503), a new one is opened with backoff
 //!   ([`crate::retry`]) and fed from the covered offset, a final-token
 //!   boundary; the tokens it re-recognises before the seam are dropped by
-//!   timestamp ([`timeline`]).
+//!   timestamp ([`timeline`]). Under a daemon, a 429 at an upstream
+//!   session's start is no failure: the session waits in the daemon's
+//!   queue again ([`Lease`]), its audio still read into the buffer.
 //! * Before the service's session cap, the next session is opened while the
 //!   current one runs, and takes over from the covered offset
 //!   (make-before-break).
@@ -234,8 +236,12 @@ struct Session<'a> {
     fell_back: bool,
     /// The place under the daemon's limit, if any.
     lease: Option<Lease>,
-    /// Waiting for that place again, after an idle close.
+    /// Waiting for that place again, after an idle close or a refusal.
     retaking: Option<Retake>,
+    /// Since when it waits after a refusal at start (see `recovery`).
+    queued_since: Option<Instant>,
+    /// Refusals past the cap on connections retried at once, in a row.
+    crowded: u32,
 }
 
 impl<'a> Session<'a> {
@@ -281,6 +287,8 @@ impl<'a> Session<'a> {
             fell_back: false,
             lease: None,
             retaking: None,
+            queued_since: None,
+            crowded: 0,
         }
     }
 
@@ -402,6 +410,7 @@ impl<'a> Session<'a> {
                     if let Some(lease) = self.lease.as_mut() {
                         lease.taken();
                     }
+                    self.requeue_over();
                 }
                 () = sleep_until_or_never(self.retry_at) => {
                     self.retry_at = None;

@@ -1,20 +1,33 @@
 //! Outages: retrying a failed upstream session with backoff within the
 //! retry budget, and going on with the fallback engine when the service
-//! fails for good.
+//! fails for good; and refusals at a session's start by the service's
+//! limits (429), which under a daemon are no outage: the session goes back
+//! to the daemon's queue through its [`super::Lease`], and its retry budget
+//! stands still while it waits there.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Halt, Session};
+use super::{Halt, Lease, Session};
+use crate::engine::quota::Tier;
 use crate::error::Error;
 use crate::event::Event;
 use crate::retry::Backoff;
 
+/// Refusals past the cap on connections at a session's start that are
+/// retried at once, on a fresh connection, before the refusal counts as
+/// one of the streams limit: the daemon's engine closes one of its idle
+/// warm connections on each, which should make room.
+const CROWDED_RETRIES: u32 = 2;
+
 /// A failure being recovered from.
 pub(super) struct Outage {
     pub(super) since: Instant,
+    /// Time spent queued again after refusals since: not counted against
+    /// the retry budget.
+    queued: Duration,
     backoff: Backoff,
     /// `dropped`, `error` or `stalled`, for the `reconnect` event.
     pub(super) reason: &'static str,
@@ -26,6 +39,9 @@ impl Session<'_> {
     /// within the budget, or fail. `upstream_lost` says whether a working
     /// session just ended (its audio must be replayed).
     pub(super) async fn on_failure(&mut self, err: Error, upstream_lost: bool) -> Result<(), Halt> {
+        if let Some(tier) = self.refused_at_start(&err, upstream_lost) {
+            return self.on_refused(err, tier, upstream_lost).await;
+        }
         // Unreachable from the start: no point in a long retry when a local
         // engine stands by.
         let unreachable = !self.reached && matches!(err, Error::Connect { .. });
@@ -37,6 +53,63 @@ impl Session<'_> {
         match outcome {
             Ok(()) => Ok(()),
             Err(err) => self.fall_back(err).await,
+        }
+    }
+
+    /// The tier of a refusal by the service's limits at the start of an
+    /// upstream session (before it answered), if that is what `err` is and
+    /// the session has a line to go back to; the filter has none.
+    fn refused_at_start(&self, err: &Error, upstream_lost: bool) -> Option<Tier> {
+        let tier = Tier::of(err)?;
+        let at_start = !upstream_lost || self.upstream.as_ref().is_some_and(|u| !u.answered);
+        let line = self.lease.as_ref().is_some_and(Lease::can_requeue);
+        (at_start && line).then_some(tier)
+    }
+
+    /// A start refused for the service's limits, under a daemon: past the
+    /// cap on connections, first again at once on a fresh connection;
+    /// otherwise back to the daemon's queue, with a `queued` event. Neither
+    /// counts as a failure.
+    async fn on_refused(
+        &mut self,
+        err: Error,
+        tier: Tier,
+        upstream_lost: bool,
+    ) -> Result<(), Halt> {
+        if upstream_lost && let Some(upstream) = self.upstream.take() {
+            self.closed_upstreams_ms += upstream.processed_ms;
+        }
+        // The service answered, if only to refuse.
+        self.reached = true;
+        if tier == Tier::Connections && self.crowded < CROWDED_RETRIES {
+            self.crowded += 1;
+            info!(session = %self.session_id, error = %err, "refused past the cap on connections: opening a fresh connection");
+            // The next turn opens one: nothing is pending now.
+            return Ok(());
+        }
+        self.crowded = 0;
+        let Some((position, retake)) = self.lease.as_mut().and_then(|lease| lease.requeue(tier))
+        else {
+            // `refused_at_start` saw a line; were it gone, this is a failure
+            // like any other.
+            return match self.retry_or_fail(err, false) {
+                Ok(()) => Ok(()),
+                Err(err) => self.fall_back(err).await,
+            };
+        };
+        info!(session = %self.session_id, error = %err, tier = tier.as_str(), position, "refused at start for the service's limits: queued again");
+        self.retaking = Some(retake);
+        self.queued_since = Some(Instant::now());
+        self.emit(Event::Queued { position }).await
+    }
+
+    /// The place is held again after a requeue: the time spent queued does
+    /// not count against an outage's retry budget.
+    pub(super) fn requeue_over(&mut self) {
+        if let Some(since) = self.queued_since.take()
+            && let Some(outage) = self.outage.as_mut()
+        {
+            outage.queued += since.elapsed();
         }
     }
 
@@ -109,11 +182,13 @@ impl Session<'_> {
         }
         let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,
+            queued: Duration::ZERO,
             backoff: Backoff::new(seed ^ 0x9E37_79B9_7F4A_7C15),
             reason,
             last: Error::Internal(String::new()),
         });
-        let give_up_at = outage.since + self.config.timing.wall(budget);
+        // Time spent queued for a slot does not count against the budget.
+        let give_up_at = outage.since + outage.queued + self.config.timing.wall(budget);
         let backoff = self.config.timing.wall(outage.backoff.next_delay(&err));
         // The last attempt comes when the budget runs out, not before.
         let delay = if fresh_failure {

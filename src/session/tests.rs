@@ -11,13 +11,16 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::{EndReason, SessionInput, Summary, run};
+use super::{EndReason, Lease, SessionInput, Summary, run};
 use crate::audio::AudioFormat;
 use crate::config::{MAX_LEAD, RecognitionOptions, SessionConfig, Timing};
 use crate::engine::scripted::{Attempt, ScriptedEngine, Word, speech};
 use crate::engine::{Engine, SessionEngines};
 use crate::error::{Error, Result};
 use crate::event::Event;
+
+// Refusals at start under a daemon's lease.
+mod refusals;
 
 /// pcm_s16le, 16 kHz, mono.
 const BYTES_PER_MS: u64 = 32;
@@ -109,6 +112,18 @@ async fn stream(
     feed: &[Feed],
     consumer: Consumer,
 ) -> Outcome {
+    stream_leased(engines, None, config, audio, feed, consumer).await
+}
+
+/// [`stream`], holding `lease` (as a daemon's session does).
+async fn stream_leased(
+    engines: SessionEngines,
+    lease: Option<Lease>,
+    config: &SessionConfig,
+    audio: &[u8],
+    feed: &[Feed],
+    consumer: Consumer,
+) -> Outcome {
     let began = Instant::now();
     let (input_tx, input) = mpsc::channel(16);
     let (events_tx, mut events_rx) = mpsc::channel(consumer.queue);
@@ -122,7 +137,15 @@ async fn stream(
         }
         events
     };
-    let session = run(engines, None, config, "test".into(), input, events_tx, stop);
+    let session = run(
+        engines,
+        lease,
+        config,
+        "test".into(),
+        input,
+        events_tx,
+        stop,
+    );
     // A session that waits for nothing would hang the test: virtual time
     // jumps to this bound instead.
     let (result, (), events) =

@@ -354,6 +354,7 @@ impl Session<'_> {
         if let Some(announce) = upstream.answer() {
             // Its first answer ends the outage, if there was one.
             let outage = self.outage.take();
+            self.crowded = 0;
             if let Some(announce) = announce {
                 let gap_ms = match outage {
                     Some(outage) => {

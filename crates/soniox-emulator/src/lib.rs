@@ -12,7 +12,9 @@
 //! subprotocol or start message; start-request validation with the real
 //! error strings; non-final then final tokens, `<fin>`, `<end>`, `finished`;
 //! idle and start timeouts; and injected faults (abrupt drops, error frames,
-//! half-open stalls, rejected connects, concurrency limits).
+//! half-open stalls, rejected connects, concurrency limits by tier, a cap
+//! on connections idle ones included) and the live counts at
+//! `GET /v1/concurrency-limits` ([`quota`], on [`Emulator::rest_url`]).
 //! With a [`TlsIdentity`] in [`EmulatorConfig::tls`] it serves `wss://`
 //! instead ([`tls::test_identity`] makes one), so clients' TLS paths
 //! (custom CA files, name checks) can be tested too. A [`Probe`] in
@@ -34,11 +36,13 @@
 
 pub mod marker;
 mod protocol;
+pub mod quota;
 mod recognizer;
 pub mod server;
 mod session;
 pub mod tls;
 
+pub use quota::LimitTier;
 pub use server::{
     AuthMethod, Emulator, EmulatorConfig, EmulatorCounts, Faults, Outcome, Probe, ProbeEvent,
     ProbeKind, SessionRecord, TlsIdentity,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use soniox_emulator::marker;
-use soniox_emulator::{Emulator, EmulatorConfig, TlsIdentity};
+use soniox_emulator::{Emulator, EmulatorConfig, LimitTier, TlsIdentity};
 
 /// A local emulator of the Soniox real-time speech-to-text WebSocket API.
 ///
@@ -34,7 +34,7 @@ enum Command {
     /// Run the emulator until SIGINT/SIGTERM. Prints the ws:// (or, with
     /// --tls-cert/--tls-key, wss://) URL as the first line on stdout; logs
     /// go to stderr (filter with RUST_LOG).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write pcm_s16le marker audio (silence carrying words) to stdout or a file.
     Markers(MarkersArgs),
     /// Read pcm_s16le audio (a file or stdin) and list the word markers in it.
@@ -74,6 +74,18 @@ struct ServeArgs {
     /// Most sessions streaming at once; one more gets 429.
     #[arg(long)]
     max_concurrent: Option<usize>,
+    /// How that 429 names the tier: organization, project (the message
+    /// names it) or unnamed.
+    #[arg(long, value_name = "TIER", default_value = "project", value_parser = parse_tier)]
+    limit_tier: LimitTier,
+    /// Most connections open at once, idle ones included; one more gets 429
+    /// max_concurrent_connections_reached.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Where to serve GET /v1/concurrency-limits over plain HTTP (logged
+    /// at start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    rest_listen: SocketAddr,
     /// Longest stream in ms of audio; more gets 400 "Audio is too long.".
     #[arg(long, default_value_t = 300 * 60 * 1000)]
     max_stream_ms: u64,
@@ -152,6 +164,18 @@ struct DecodeArgs {
     file: Option<PathBuf>,
 }
 
+/// Parses a `--limit-tier`.
+fn parse_tier(s: &str) -> Result<LimitTier, String> {
+    match s {
+        "organization" => Ok(LimitTier::Organization),
+        "project" => Ok(LimitTier::Project),
+        "unnamed" => Ok(LimitTier::Unnamed),
+        _ => Err(format!(
+            "expected organization, project or unnamed, got {s:?}"
+        )),
+    }
+}
+
 /// Parses `MS:CODE`.
 fn parse_ms_code(s: &str) -> Result<(u64, u16), String> {
     let (ms, code) = s
@@ -167,7 +191,7 @@ fn parse_ms_code(s: &str) -> Result<(u64, u16), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Markers(args) => markers(args),
         Command::Decode(args) => decode(args),
     };
@@ -225,6 +249,9 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
         finalize_lag_ms: args.finalize_lag_ms,
         default_endpoint_delay_ms: args.endpoint_delay_ms,
         max_concurrent: args.max_concurrent,
+        limit_tier: args.limit_tier,
+        max_connections: args.max_connections,
+        rest_listen: args.rest_listen,
         max_stream_ms: args.max_stream_ms,
         container_bytes_per_ms: args.container_bytes_per_ms,
         drop_after_audio_ms: args.drop_after_audio_ms,
@@ -247,6 +274,7 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
             writeln!(out, "{}", emulator.url())?;
             out.flush()?;
         }
+        tracing::info!(url = %emulator.rest_url(), "GET /v1/concurrency-limits served");
         wait_for_signal().await?;
         tracing::info!("shutting down");
         emulator.shutdown().await;

@@ -29,6 +29,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::quota::{self, LimitTier};
 use super::session;
 
 /// Settings of an [`Emulator`]. `Default` gives the real service's behaviour
@@ -67,10 +68,20 @@ pub struct EmulatorConfig {
     /// `<end>`. Default 2000 (the real default).
     pub default_endpoint_delay_ms: u64,
     /// Most sessions that may stream at once (those past a valid start
-    /// request and not yet ended or stalled); one more gets 429 `Your project
-    /// has exceeded max number of concurrent requests.` (`limit_exceeded`).
-    /// Default `None`: unlimited.
+    /// request and not yet ended or stalled); one more gets 429, worded as
+    /// [`EmulatorConfig::limit_tier`] says. Default `None`: unlimited.
     pub max_concurrent: Option<usize>,
+    /// Which tier the 429 at `max_concurrent` blames, and how it says so.
+    /// Default [`LimitTier::Project`]: `limit_exceeded`, `Your project has
+    /// exceeded max number of concurrent requests.`.
+    pub limit_tier: LimitTier,
+    /// Most WebSocket connections open at once, idle ones (no start request
+    /// yet) included; one more gets 429 `max_concurrent_connections_reached`
+    /// right after its upgrade, then a close. Default `None`: unlimited.
+    pub max_connections: Option<usize>,
+    /// Where `GET /v1/concurrency-limits` is served, over plain HTTP (see
+    /// [`Emulator::rest_url`]). Default `127.0.0.1:0`.
+    pub rest_listen: SocketAddr,
     /// Longest stream, in ms of audio; audio past it gets 400 `Audio is too
     /// long.`. Default 300 minutes.
     pub max_stream_ms: u64,
@@ -255,6 +266,9 @@ impl Default for EmulatorConfig {
             finalize_lag_ms: 800,
             default_endpoint_delay_ms: 2000,
             max_concurrent: None,
+            limit_tier: LimitTier::default(),
+            max_connections: None,
+            rest_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             max_stream_ms: 300 * 60 * 1000,
             container_bytes_per_ms: 16.0,
             drop_after_audio_ms: None,
@@ -428,7 +442,11 @@ pub(crate) struct Shared {
     reject_queue: Mutex<VecDeque<u16>>,
     records: Mutex<Vec<Arc<Mutex<SessionRecord>>>>,
     /// Sessions currently holding a concurrency slot.
-    streaming: AtomicUsize,
+    pub(crate) streaming: AtomicUsize,
+    /// WebSocket connections currently holding a connection slot.
+    pub(crate) connections: AtomicUsize,
+    /// Authenticated `GET /v1/concurrency-limits` requests answered.
+    pub(crate) rest_requests: AtomicU64,
     counts: watch::Sender<EmulatorCounts>,
 }
 
@@ -468,6 +486,21 @@ impl Shared {
     /// Returns a slot taken by [`Shared::acquire_stream`].
     pub(crate) fn release_stream(&self) {
         self.streaming.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Takes a connection slot; `false` if the cap is reached.
+    pub(crate) fn acquire_connection(&self) -> bool {
+        let max = self.config.max_connections.unwrap_or(usize::MAX);
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a slot taken by [`Shared::acquire_connection`].
+    pub(crate) fn release_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Notes that a session's outcome was decided.
@@ -524,6 +557,7 @@ fn request_id(index: u64) -> String {
 #[derive(Debug)]
 pub struct Emulator {
     addr: SocketAddr,
+    rest_addr: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -556,6 +590,8 @@ impl Emulator {
         // A deep backlog: benchmarks open thousands of connections at once.
         let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
+        let rest = tokio::net::TcpListener::bind(config.rest_listen).await?;
+        let rest_addr = rest.local_addr()?;
         let (counts, _) = watch::channel(EmulatorCounts::default());
         let shared = Arc::new(Shared {
             faults: Mutex::new(AudioFaults {
@@ -567,12 +603,20 @@ impl Emulator {
             reject_queue: Mutex::new(config.reject_connects.iter().copied().collect()),
             records: Mutex::new(Vec::new()),
             streaming: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            rest_requests: AtomicU64::new(0),
             counts,
             config,
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let tls_on = tls.is_some();
+        tracker.spawn(quota::serve(
+            rest,
+            Arc::clone(&shared),
+            cancel.clone(),
+            tracker.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&shared),
@@ -583,6 +627,7 @@ impl Emulator {
         tracing::info!(%addr, tls = tls_on, "soniox emulator listening");
         Ok(Emulator {
             addr,
+            rest_addr,
             shared,
             cancel,
             tracker,
@@ -620,6 +665,32 @@ impl Emulator {
             });
         }
         format!("ws://{addr}/transcribe-websocket")
+    }
+
+    /// The base URL of the REST endpoint, `http://HOST:PORT` (plain HTTP,
+    /// TLS or not on the WebSocket port): `GET {rest_url}/v1/concurrency-limits`
+    /// with `Authorization: Bearer KEY` gives the live counts.
+    pub fn rest_url(&self) -> String {
+        let mut addr = self.rest_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// Authenticated `GET /v1/concurrency-limits` requests answered so far.
+    pub fn rest_requests(&self) -> u64 {
+        self.shared.rest_requests.load(Ordering::Acquire)
+    }
+
+    /// WebSocket connections holding a connection slot now (the ones
+    /// `max_connections` limits).
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
     }
 
     /// The configuration the emulator was started with (fault fields show

@@ -33,6 +33,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use soniox_wire::ApiError;
 
 use super::protocol;
+use super::quota;
 use super::recognizer::{Emitted, Recognizer, RecognizerSettings};
 use super::server::{
     AudioFaults, AuthMethod, Outcome, ProbeEvent, ProbeKind, SessionRecord, Shared, lock,
@@ -70,6 +71,7 @@ pub(crate) async fn run(
         request_id,
         reference: None,
         holds_stream: false,
+        holds_connection: false,
         faults_gen,
         faults,
     };
@@ -157,6 +159,8 @@ struct Session {
     reference: Option<String>,
     /// Whether this session holds a concurrency slot.
     holds_stream: bool,
+    /// Whether this connection holds a connection slot.
+    holds_connection: bool,
     faults_gen: u64,
     faults: AudioFaults,
 }
@@ -165,6 +169,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Runs even if the task panics, so the counters stay right.
         self.release_stream();
+        if std::mem::take(&mut self.holds_connection) {
+            self.shared.release_connection();
+        }
         self.set_outcome(Outcome::ClientClosed);
         self.shared.note_closed();
     }
@@ -291,6 +298,11 @@ impl Session {
             sleep: Box::pin(tokio::time::sleep_until(self.due(&clock).0)),
             cancelled: Box::pin(cancel.cancelled_owned()),
         };
+        // Idle connections count against the cap on connections too.
+        if !self.shared.acquire_connection() {
+            return self.fail(&mut io, quota::connections_refusal()).await;
+        }
+        self.holds_connection = true;
 
         // Phase 1: wait for the start request; keepalives may come first.
         let start_text = loop {
@@ -398,7 +410,7 @@ impl Session {
             return Err(protocol::rejection(code));
         }
         if !self.shared.acquire_stream() {
-            return Err(protocol::canonical(429));
+            return Err(quota::concurrency_refusal(config.limit_tier));
         }
         self.holds_stream = true;
         let settings = RecognizerSettings {
