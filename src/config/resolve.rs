@@ -18,10 +18,11 @@ use super::{
     SessionConfig, SessionLimits, SessionRequest, Target, Timing, Translation, load_api_key,
 };
 use crate::audio::{self, AudioFormat};
-use crate::cli::values::{EngineChoice, FallbackChoice, OutputFormat, Region};
+use crate::cli::values::{EngineChoice, FallbackChoice, Region};
 use crate::cli::{ContextArg, LocalEngineArgs, Opts, ReliabilityArgs, SessionArgs};
 use crate::error::{Error, Result};
 use crate::input::{InputOptions, Source};
+use crate::output::Format;
 
 /// Soniox's longest context, in characters (of the JSON text, for an
 /// object): a longer one is refused before connecting.
@@ -266,10 +267,20 @@ impl FilterConfig {
     /// variables (a parameter so tests need not change the process
     /// environment).
     pub(crate) fn from_opts(
-        opts: Opts,
+        mut opts: Opts,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FilterConfig> {
         let timing = Timing::from_env(env)?;
+        let output = super::output::resolve(&opts)?;
+        // What the writer needs of the session, whoever runs it (here or a
+        // daemon): endpoints for captions, the non-final tail for the
+        // now-showing file (written only if asked for).
+        if matches!(output.format, Format::Captions(_)) {
+            opts.session.endpoint_detection = true;
+        }
+        if output.now_file.is_some() {
+            opts.session.partials = true;
+        }
         let request = session(&opts.session, Origin::CommandLine)?;
         let session = SessionConfig::new(&request, &limits(&opts.reliability)?, timing);
         let local = LocalEngineConfig::from(&opts.local_engine);
@@ -311,7 +322,7 @@ impl FilterConfig {
             },
             session,
             target,
-            text_output: opts.format == OutputFormat::Text,
+            output,
             fallback,
         })
     }
