@@ -398,7 +398,13 @@ pub(crate) mod tests {
     fn ndjson_is_one_line_per_event() {
         let text = render(
             &mut NdjsonWriter,
-            &[token(" a", 0, false), Event::Finalized { end_ms: Some(5) }],
+            &[
+                token(" a", 0, false),
+                Event::Finalized {
+                    end_ms: Some(5),
+                    silent_until_ms: None,
+                },
+            ],
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -436,7 +442,10 @@ pub(crate) mod tests {
             token(" LE", 0, true),
             token(" fox", 900, false),
             token(" RENARD", 0, true),
-            Event::Endpoint { end_ms: Some(1200) },
+            Event::Endpoint {
+                end_ms: Some(1200),
+                silent_until_ms: Some(3_200),
+            },
             token(" again", 5_000, false),
             token(" ENCORE", 0, true),
             end(),

@@ -121,7 +121,10 @@ mod tests {
         let events = [
             token(" Hello", 0),
             token(" world", 400),
-            Event::Endpoint { end_ms: None },
+            Event::Endpoint {
+                end_ms: None,
+                silent_until_ms: None,
+            },
             token(" Again", 900),
             end(),
         ];
@@ -136,7 +139,10 @@ mod tests {
         let events = [
             token(" Hello", 62_300),
             token(" world", 62_700),
-            Event::Endpoint { end_ms: None },
+            Event::Endpoint {
+                end_ms: None,
+                silent_until_ms: None,
+            },
             token(" Again", 3_725_004),
             end(),
         ];

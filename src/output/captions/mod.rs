@@ -44,13 +44,13 @@
 //!
 //! A cue wants at least [`CueRules::min_ms`], and as long as its text takes
 //! to read at [`CueRules::chars_per_sec`], up to [`CueRules::max_ms`]; it
-//! never ends before its last word. The audio after its last word allows
-//! that much: up to the next word's start when the cue ended because of
-//! it; up to the end of the audio at the `end`; and at most one pause
-//! ([`CueRules::pause_ms`]) past its last word when the next word is not
-//! known yet (an endpoint, a finalization, a non-final word). Should a
-//! speaker resume sooner after an endpoint, the cues overlap by the
-//! difference; players show both.
+//! never ends before its last word. It gets that only as far as the audio
+//! after its last word is known to hold no word, so cues never overlap: up
+//! to the next word's start when the cue ended because of it (final or
+//! not); up to the end of the audio at the `end`; up to the endpoint's or
+//! finalization's `silent_until_ms` (how far the engine had heard, short of
+//! any word not final yet); not at all when nothing is known (an endpoint
+//! from a daemon too old to say).
 //!
 //! # Translations
 //!
@@ -145,11 +145,11 @@ struct Word {
 /// How far a cue may be held past its last word.
 #[derive(Debug, Clone, Copy)]
 enum Until {
-    /// The next word starts here.
+    /// The next word starts here or later.
     Next(u64),
     /// The audio ends here.
     AudioEnd(u64),
-    /// The next word is not known yet.
+    /// Nothing is known of the audio after the last word.
     Unknown,
 }
 
@@ -205,9 +205,15 @@ impl CueBuilder {
                 }
             }
             Event::Partial { tokens, .. } => self.partial(tokens, made),
-            Event::Endpoint { .. } | Event::Finalized { .. } => {
+            Event::Endpoint {
+                silent_until_ms, ..
+            }
+            | Event::Finalized {
+                silent_until_ms, ..
+            } => {
                 self.complete_word(made);
-                self.close(Until::Unknown, made);
+                let until = silent_until_ms.map_or(Until::Unknown, Until::Next);
+                self.close(until, made);
             }
             Event::End { audio_ms, .. } => {
                 self.complete_word(made);
@@ -327,7 +333,7 @@ impl CueBuilder {
             && start >= last_end + self.rules.pause_ms
         {
             self.complete_word(made);
-            self.close(Until::Unknown, made);
+            self.close(Until::Next(start), made);
         }
     }
 
@@ -405,7 +411,7 @@ impl CueBuilder {
         let allowed = match until {
             Until::Next(start) => start,
             Until::AudioEnd(end) => end,
-            Until::Unknown => last_end + rules.pause_ms,
+            Until::Unknown => last_end,
         };
         wanted.min(allowed).max(last_end)
     }

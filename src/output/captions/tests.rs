@@ -45,8 +45,20 @@ fn partial(text: &str, start_ms: u64) -> Event {
     }
 }
 
+/// An endpoint after which the engine heard `silent_until_ms` of silence.
+fn endpoint_until(silent_until_ms: u64) -> Event {
+    Event::Endpoint {
+        end_ms: None,
+        silent_until_ms: Some(silent_until_ms),
+    }
+}
+
+/// An endpoint that says nothing of the audio after it.
 fn endpoint() -> Event {
-    Event::Endpoint { end_ms: None }
+    Event::Endpoint {
+        end_ms: None,
+        silent_until_ms: None,
+    }
 }
 
 fn end(audio_ms: u64) -> Event {
@@ -106,17 +118,26 @@ fn an_endpoint_gives_the_cue_out_at_once_held_for_reading() {
     let events = [
         word(" Hello", 500, 800),
         word(" there", 900, 1200),
-        endpoint(),
+        endpoint_until(3_200),
         word(" Again", 6_000, 6_400),
         end(9_000),
     ];
     let out = run(&mut builder(), &events);
-    // At least a second on screen: the endpoint says nothing of what follows,
-    // so the hold is bounded by one pause past the last word.
+    // At least a second on screen: the engine heard no word until 3.2 s.
     assert_eq!(out[0], (2, cue(500, 1_500, &["Hello there"])));
     // At the end the audio's end bounds it.
     assert_eq!(out[1], (4, cue(6_000, 7_000, &["Again"])));
     assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn a_cue_is_held_only_as_far_as_the_silence_is_known() {
+    let long = " ".to_owned() + &["word"; 14].join(" ");
+    let said = |until| [word(&long, 0, 2_000), until, end(9_000)];
+    // 69 characters take 4.06 s to read; the engine heard silence to 3 s.
+    assert_eq!(cues(&said(endpoint_until(3_000)))[0].end_ms, 3_000);
+    assert_eq!(cues(&said(endpoint_until(8_000)))[0].end_ms, 4_059);
+    assert_eq!(cues(&said(endpoint()))[0].end_ms, 2_000, "nothing known");
 }
 
 #[test]
@@ -210,7 +231,7 @@ fn pieces_of_a_word_stay_together() {
         word("ti", 100, 200),
         word("ful", 200, 300),
         word("?", 300, 310),
-        endpoint(),
+        endpoint_until(2_000),
     ];
     let out = run(&mut builder(), &events);
     assert_eq!(out, [(4, cue(0, 1_000, &["Beautiful?"]))]);
