@@ -27,5 +27,7 @@ mod browser;
 mod sdk;
 // The offline engine on real speech.
 mod local;
+// Live captions: SRT and WebVTT, the translation track, text timestamps.
+mod captions;
 // What an adversarial pass found, one test per finding.
 mod hardening;
