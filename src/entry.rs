@@ -102,8 +102,10 @@ fn fail(err: &Error) -> ExitCode {
     ExitCode::from(err.exit_code())
 }
 
-/// clap's message, on one line, with the way to more help.
+/// clap's message, on one line, with the values a flag takes (clap puts
+/// them on a line of their own) and the way to more help.
 fn usage_line(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
     let rendered = err.render().to_string();
     let first = rendered
         .lines()
@@ -113,5 +115,35 @@ fn usage_line(err: &clap::Error) -> String {
     if err.kind() == ErrorKind::MissingRequiredArgument {
         return format!("{first} (see sttpipe --help)");
     }
-    format!("{first}; see sttpipe --help")
+    match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) if !values.is_empty() => {
+            format!("{first} (one of {}); see sttpipe --help", values.join(", "))
+        }
+        _ => format!("{first}; see sttpipe --help"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> String {
+        match Opts::command().try_get_matches_from(args) {
+            Err(err) => usage_line(&err),
+            Ok(_) => panic!("{args:?} parsed"),
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_good_ones() {
+        assert_eq!(
+            line(&["sttpipe", "--format", "sbv"]),
+            "invalid value 'sbv' for '--format <FORMAT>' (one of ndjson, text, srt, vtt); \
+             see sttpipe --help"
+        );
+        assert_eq!(
+            line(&["sttpipe", "--no-such-flag"]),
+            "unexpected argument '--no-such-flag' found; see sttpipe --help"
+        );
+    }
 }

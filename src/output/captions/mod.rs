@@ -73,7 +73,7 @@ use crate::event::{Event, Token};
 /// The cue rules: the flags' values, checked by [`crate::config`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CueRules {
-    /// Characters a line, at most; from 10 on.
+    /// Characters a line, at most; from 20 on (room for a label and a word).
     pub(crate) line_chars: usize,
     /// Lines a cue, at most; from 1 on.
     pub(crate) lines: usize,
