@@ -37,10 +37,7 @@ fn main() {
             "Ogg Vorbis 16 kHz mono",
             &["-c:a", "libvorbis", "-f", "ogg"][..],
         ),
-        (
-            "M4A AAC 16 kHz mono",
-            &["-c:a", "aac", "-f", "mp4"][..],
-        ),
+        ("M4A AAC 16 kHz mono", &["-c:a", "aac", "-f", "mp4"][..]),
         (
             "WebM Vorbis 48 kHz stereo",
             &[

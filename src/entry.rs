@@ -121,9 +121,10 @@ fn text_output_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     false
 }
 
-/// clap's message on one line, with what it adds (the valid values, a
-/// similar name) and the way to more help.
+/// clap's message on one line, with what it adds (the values a flag
+/// takes, a similar name) and the way to more help.
 fn usage_line(err: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
     let rendered = err.render().to_string();
     let mut lines = rendered
         .lines()
@@ -138,12 +139,56 @@ fn usage_line(err: &clap::Error) -> String {
         .to_owned();
     let details: Vec<&str> = lines.collect();
     let line = if details.is_empty() {
-        first
+        first.clone()
     } else {
         format!("{first} {}", details.join(" "))
     };
     if err.kind() == ErrorKind::MissingRequiredArgument {
         return format!("{line} (see sttpipe --help)");
     }
-    format!("{line}; see sttpipe --help")
+    match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) if !values.is_empty() => {
+            // clap's own "[possible values: …]" line is said this way instead.
+            let tips: Vec<&str> = details
+                .iter()
+                .copied()
+                .filter(|d| !d.starts_with("[possible values"))
+                .collect();
+            let tips = if tips.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", tips.join(" "))
+            };
+            format!(
+                "{first} (one of {}){tips}; see sttpipe --help",
+                values.join(", ")
+            )
+        }
+        _ => format!("{line}; see sttpipe --help"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> String {
+        match Opts::command().try_get_matches_from(args) {
+            Err(err) => usage_line(&err),
+            Ok(_) => panic!("{args:?} parsed"),
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_good_ones() {
+        assert_eq!(
+            line(&["sttpipe", "--format", "sbv"]),
+            "invalid value 'sbv' for '--format <FORMAT>' (one of ndjson, text, srt, vtt); \
+             see sttpipe --help"
+        );
+        assert_eq!(
+            line(&["sttpipe", "--no-such-flag"]),
+            "unexpected argument '--no-such-flag' found; see sttpipe --help"
+        );
+    }
 }

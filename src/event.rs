@@ -9,8 +9,8 @@
 //! {"type":"start","session_id":"5f0c…","model":"stt-rt-v6","audio_format":"pcm_s16le","sample_rate":16000,"num_channels":1}
 //! {"type":"token","text":" Hello","start_ms":600,"end_ms":760,"confidence":0.97,"is_final":true}
 //! {"type":"partial","text":" are you","tokens":[{"text":" are","start_ms":900,"end_ms":1020,"confidence":0.8,"is_final":false}, …]}
-//! {"type":"endpoint","end_ms":1500}
-//! {"type":"finalized","end_ms":2200}
+//! {"type":"endpoint","end_ms":1500,"silent_until_ms":3500}
+//! {"type":"finalized","end_ms":2200,"silent_until_ms":2400}
 //! {"type":"error","code":"service","status":503,"message":"…","exit_code":75}
 //! {"type":"end","audio_ms":10000,"tokens":31,"duration_ms":10450,"reason":"eof"}
 //! ```
@@ -19,7 +19,9 @@
 //! `--partials`) carries the complete current set of non-final tokens; it
 //! replaces the previous `partial`, and is emptied (`"tokens":[]`) once its
 //! words became final. Timestamps are milliseconds from the first audio of
-//! the whole stream.
+//! the whole stream. An `endpoint` or `finalized` says how far the engine
+//! had heard when it came (`silent_until_ms`): no word starts between the
+//! last final's end and it, so a caption may stay up that long.
 
 use serde::{Deserialize, Serialize};
 
@@ -139,12 +141,19 @@ pub(crate) enum Event {
         /// End of the last final token before it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         end_ms: Option<u64>,
+        /// How far the engine had heard when it said so, short of any word
+        /// not final yet: the next word starts at or after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        silent_until_ms: Option<u64>,
     },
     /// A manual finalization completed (`<fin>`): all audio sent so far is final.
     Finalized {
         /// End of the last final token before it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         end_ms: Option<u64>,
+        /// As for [`Event::Endpoint`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        silent_until_ms: Option<u64>,
     },
     /// A new upstream session took over; the stream goes on, one timeline.
     Reconnect {

@@ -55,12 +55,7 @@ pub(crate) fn run(config: FilterConfig) -> Exit {
 }
 
 async fn run_async(config: FilterConfig) -> Exit {
-    let format = if config.text_output {
-        output::Format::Text
-    } else {
-        output::Format::Ndjson
-    };
-    let (events, writer) = match output::spawn_stdout(format) {
+    let (events, writer) = match output::spawn_stdout(&config.output) {
         Ok(pair) => pair,
         Err(err) => {
             report(&Error::Output(err));

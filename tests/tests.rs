@@ -35,5 +35,7 @@ mod local;
 mod wyoming;
 // Media files and FILE operands: every decoded format, one timeline, `-`.
 mod media;
+// Live captions: SRT and WebVTT, the translation track, text timestamps.
+mod captions;
 // What an adversarial pass found, one test per finding.
 mod hardening;

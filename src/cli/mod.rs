@@ -39,6 +39,18 @@ pub(crate) const DEFAULT_DAEMON_DRAIN: Seconds = Seconds::from_secs(10);
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Seconds = Seconds::from_secs(5);
 /// How long an admitted socket client has for its first audio.
 pub(crate) const DEFAULT_FIRST_AUDIO_TIMEOUT: Seconds = Seconds::from_secs(30);
+/// Characters a caption line, at most (the broadcast rule).
+pub(crate) const DEFAULT_CUE_LINE_CHARS: usize = 42;
+/// Lines a caption cue, at most.
+pub(crate) const DEFAULT_CUE_LINES: usize = 2;
+/// The shortest a cue stays on screen, where the audio allows.
+pub(crate) const DEFAULT_CUE_MIN_DURATION: Seconds = Seconds::from_secs(1);
+/// The longest a cue lasts.
+pub(crate) const DEFAULT_CUE_MAX_DURATION: Seconds = Seconds::from_secs(7);
+/// The silence between words that begins a new cue.
+pub(crate) const DEFAULT_CUE_PAUSE: Seconds = Seconds::from_millis(1200);
+/// The reading speed a cue is held for, characters a second.
+pub(crate) const DEFAULT_CUE_READING_SPEED: u32 = 17;
 
 /// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
 ///
@@ -88,8 +100,9 @@ pub(crate) struct Opts {
     #[arg(long, help_heading = "Input")]
     pub(crate) follow: bool,
 
-    /// Output format: NDJSON events, or plain text for people (a line break
-    /// at each endpoint, finalization and the end).
+    /// Output format: NDJSON events, plain text for people (a line break at
+    /// each endpoint, finalization and the end), or live captions (srt,
+    /// vtt: each cue written once complete; --endpoint-detection is on).
     #[arg(
         long,
         value_enum,
@@ -98,6 +111,46 @@ pub(crate) struct Opts {
         help_heading = "Output"
     )]
     pub(crate) format: OutputFormat,
+
+    /// With --format text: begin each line with the time of its first word,
+    /// as [HH:MM:SS.mmm].
+    #[arg(long, help_heading = "Output")]
+    pub(crate) timestamps: bool,
+
+    /// Captions: at most N characters a line.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CUE_LINE_CHARS, help_heading = "Output")]
+    pub(crate) cue_line_chars: usize,
+
+    /// Captions: at most N lines a cue.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CUE_LINES, help_heading = "Output")]
+    pub(crate) cue_lines: usize,
+
+    /// Captions: a cue stays at least SECS, where the next words allow.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CUE_MIN_DURATION, help_heading = "Output")]
+    pub(crate) cue_min_duration: Seconds,
+
+    /// Captions: a cue lasts at most SECS.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CUE_MAX_DURATION, help_heading = "Output")]
+    pub(crate) cue_max_duration: Seconds,
+
+    /// Captions: a silence of SECS or more between words begins a new cue.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CUE_PAUSE, help_heading = "Output")]
+    pub(crate) cue_pause: Seconds,
+
+    /// Captions: hold a cue long enough to read at N characters a second,
+    /// where the next words allow.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CUE_READING_SPEED, help_heading = "Output")]
+    pub(crate) cue_reading_speed: u32,
+
+    /// With --format srt or vtt and a translation: write the translation's
+    /// captions to FILE, cue for cue with the spoken text's times.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub(crate) captions_translation: Option<PathBuf>,
+
+    /// Keep the caption showing now (or the words being spoken) in PATH,
+    /// replaced whole at each change: for OBS text sources and status bars.
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub(crate) now_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub(crate) session: SessionArgs,

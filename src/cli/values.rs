@@ -26,6 +26,11 @@ impl Seconds {
         Seconds(Duration::from_secs(secs))
     }
 
+    /// A whole number of milliseconds (for defaults).
+    pub(crate) const fn from_millis(ms: u64) -> Seconds {
+        Seconds(Duration::from_millis(ms))
+    }
+
     /// A number of seconds, if it is in range.
     pub(crate) fn new(secs: f64) -> Result<Seconds, String> {
         if secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs) {
@@ -235,6 +240,10 @@ pub(crate) enum OutputFormat {
     Ndjson,
     /// The transcript as text, a line per utterance.
     Text,
+    /// SubRip captions, each cue written as soon as it is complete.
+    Srt,
+    /// WebVTT captions, each cue written as soon as it is complete.
+    Vtt,
 }
 
 /// Recognition engines.

@@ -6,9 +6,11 @@
 //! `Debug` (the key's `Debug` is redacted). [`RecognitionOptions`] are the
 //! engine-independent session options, [`SessionConfig`] everything the
 //! session core needs, [`ServiceConfig`] where the Soniox engine connects
-//! and with which key, and [`FilterConfig`] the whole of a filter run.
+//! and with which key, and [`FilterConfig`] the whole of a filter run, its
+//! output ([`OutputConfig`]) included.
 
 mod key;
+pub(crate) mod output;
 pub(crate) mod resolve;
 
 use std::fmt;
@@ -22,6 +24,7 @@ use crate::cli::SessionArgs;
 use crate::cli::values::{EngineChoice, LocalModel};
 use crate::error::{Error, Result};
 use crate::input::InputOptions;
+use crate::output::OutputConfig;
 pub(crate) use key::load_api_key;
 
 /// The name of the key file systemd's `LoadCredential=` provides.
@@ -285,8 +288,8 @@ pub(crate) struct FilterConfig {
     pub(crate) session: SessionConfig,
     /// Soniox directly, the local engine, or a daemon.
     pub(crate) target: Target,
-    /// Plain text instead of NDJSON.
-    pub(crate) text_output: bool,
+    /// What the writer thread writes, and where.
+    pub(crate) output: OutputConfig,
     /// `--fallback local`: the local engine to go on with.
     pub(crate) fallback: Option<LocalEngineConfig>,
 }

@@ -24,10 +24,11 @@ use super::{
 };
 use crate::audio::{self, AudioFormat};
 use crate::cli::session_args::StartField;
-use crate::cli::values::{EngineChoice, FallbackChoice, OutputFormat, Region};
+use crate::cli::values::{EngineChoice, FallbackChoice, Region};
 use crate::cli::{ContextArg, LocalEngineArgs, Opts, ReliabilityArgs, SessionArgs};
 use crate::error::{Error, Result};
 use crate::input::{InputOptions, Source};
+use crate::output::Format;
 
 /// Soniox's longest context, in characters (of the JSON text, for an
 /// object): a longer one is refused before connecting.
@@ -341,10 +342,20 @@ impl FilterConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FilterConfig> {
         let timing = Timing::from_env(env)?;
+        let output = super::output::resolve(&opts)?;
         let mut session_args = opts.session.clone();
         if opts.passthrough {
             // Soniox detects and decodes the format itself.
             session_args.audio_format = "auto".to_owned();
+        }
+        // What the writer needs of the session, whoever runs it (here or a
+        // daemon): endpoints for captions, the non-final tail for the
+        // now-showing file (written only if asked for).
+        if matches!(output.format, Format::Captions(_)) {
+            session_args.endpoint_detection = true;
+        }
+        if output.now_file.is_some() {
+            session_args.partials = true;
         }
         let request = session(&session_args, Origin::CommandLine)?;
         let mut session = SessionConfig::new(&request, &limits(&opts.reliability)?, timing);
@@ -353,7 +364,7 @@ impl FilterConfig {
         let target = match (&opts.connect, request.engines.engine) {
             // Through a daemon, the daemon's key, endpoint and engines serve.
             (Some(socket), _) => {
-                let mut header = opts.session.clone();
+                let mut header = session_args.clone();
                 header.context = header
                     .context
                     .as_ref()
@@ -386,7 +397,7 @@ impl FilterConfig {
             },
             session,
             target,
-            text_output: opts.format == OutputFormat::Text,
+            output,
             fallback,
         })
     }

@@ -620,7 +620,8 @@ async fn a_finalize_makes_everything_so_far_final() {
     assert_eq!(
         outcome.events[at],
         Event::Finalized {
-            end_ms: Some(2_300)
+            end_ms: Some(2_300),
+            silent_until_ms: Some(2_400)
         }
     );
     let before: Vec<_> = finals(&outcome.events[..at]);

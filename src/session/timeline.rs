@@ -11,7 +11,8 @@
 //!   (the service's final point can trail its tokens), so what it recognises
 //!   again starts before that end, and is dropped by its timestamp;
 //! * `<end>`/`<fin>` as `endpoint`/`finalized`, with the end of the last
-//!   final token before them;
+//!   final token before them, and how far the engine had heard then, short
+//!   of the first word not final yet (nothing starts in between);
 //! * the non-final tail as a `partial`, only when it changed (an empty one
 //!   once its words became final);
 //! * the covered offset (raw formats): the stream byte offset before which
@@ -117,8 +118,14 @@ impl Timeline {
             }
             let end_ms = self.last_final_end_ms;
             match token.text.as_str() {
-                "<end>" => placed.events.push(Event::Endpoint { end_ms }),
-                "<fin>" => placed.events.push(Event::Finalized { end_ms }),
+                "<end>" => placed.events.push(Event::Endpoint {
+                    end_ms,
+                    silent_until_ms: None,
+                }),
+                "<fin>" => placed.events.push(Event::Finalized {
+                    end_ms,
+                    silent_until_ms: None,
+                }),
                 _ => {
                     // Given out already if it starts before the last final's
                     // end. Tokens without times (translations) always pass.
@@ -135,9 +142,27 @@ impl Timeline {
                 }
             }
         }
+        // What the engine had heard, short of the words not final yet: the
+        // next word after an endpoint or a finalization starts there or later.
+        let first_non_final = non_final.iter().filter_map(|t| t.start_ms).min();
+        let heard_ms = source.base_ms + update.total_audio_proc_ms;
+        let silent_until = first_non_final.map_or(heard_ms, |start| heard_ms.min(start));
+        for event in &mut placed.events {
+            if let Event::Endpoint {
+                end_ms,
+                silent_until_ms,
+            }
+            | Event::Finalized {
+                end_ms,
+                silent_until_ms,
+            } = event
+            {
+                *silent_until_ms = Some(silent_until.max(end_ms.unwrap_or(0)));
+            }
+        }
         placed.covered = self.frames.map(|frames| {
             let mut covered_ms = source.base_ms + update.final_audio_proc_ms;
-            if let Some(start) = non_final.iter().filter_map(|t| t.start_ms).min() {
+            if let Some(start) = first_non_final {
                 covered_ms = covered_ms.min(start);
             }
             frames.offset_at(covered_ms).min(source.sent)
@@ -282,7 +307,13 @@ mod tests {
     fn endpoint_and_finalized_carry_the_last_finals_end() {
         let mut timeline = Timeline::new(Some(PCM), false);
         let placed = timeline.place(update(vec![marker("<end>")], 0, 100), source(1, 0, 100));
-        assert_eq!(placed.events, [Event::Endpoint { end_ms: None }]);
+        assert_eq!(
+            placed.events,
+            [Event::Endpoint {
+                end_ms: None,
+                silent_until_ms: Some(100)
+            }]
+        );
         let placed = timeline.place(
             update(vec![word(" a", 100, 300, true), marker("<fin>")], 400, 400),
             source(1, 1_000, 1_400),
@@ -290,7 +321,28 @@ mod tests {
         assert_eq!(
             placed.events[1],
             Event::Finalized {
-                end_ms: Some(1_300)
+                end_ms: Some(1_300),
+                silent_until_ms: Some(1_400)
+            }
+        );
+        // A word the engine heard but has not made final yet comes first.
+        let placed = timeline.place(
+            update(
+                vec![
+                    word(" b", 500, 700, true),
+                    marker("<end>"),
+                    word(" c", 1_200, 1_300, false),
+                ],
+                800,
+                1_500,
+            ),
+            source(1, 1_000, 2_500),
+        );
+        assert_eq!(
+            placed.events[1],
+            Event::Endpoint {
+                end_ms: Some(1_700),
+                silent_until_ms: Some(2_200)
             }
         );
     }

@@ -58,11 +58,11 @@ impl Transcript {
                     self.non_final = partial;
                     non_final_changed = true;
                 }
-                Event::Endpoint { end_ms } => {
+                Event::Endpoint { end_ms, .. } => {
                     self.final_ms = self.final_ms.max(end_ms.unwrap_or(0));
                     tokens.push(json!({"text": "<end>", "is_final": true}));
                 }
-                Event::Finalized { end_ms } => {
+                Event::Finalized { end_ms, .. } => {
                     self.final_ms = self.final_ms.max(end_ms.unwrap_or(0));
                     tokens.push(json!({"text": "<fin>", "is_final": true}));
                 }
@@ -171,7 +171,10 @@ mod tests {
         // next batch: the stale " a" must not show as non-final too.
         let (frame, _) = t.fold([
             Event::Token(token(" a", 0, true)),
-            Event::Finalized { end_ms: Some(100) },
+            Event::Finalized {
+                end_ms: Some(100),
+                silent_until_ms: None,
+            },
         ]);
         let frame = frame.unwrap();
         let texts: Vec<&str> = frame["tokens"]

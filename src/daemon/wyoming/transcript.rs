@@ -121,7 +121,10 @@ mod tests {
         let step = t.fold(
             [
                 word(" lights", true),
-                Event::Endpoint { end_ms: Some(900) },
+                Event::Endpoint {
+                    end_ms: Some(900),
+                    silent_until_ms: None,
+                },
                 word(" please", true),
                 Event::End {
                     audio_ms: 1,
@@ -150,7 +153,10 @@ mod tests {
         let step = t.fold(
             [
                 word(" open", true),
-                Event::Endpoint { end_ms: None },
+                Event::Endpoint {
+                    end_ms: None,
+                    silent_until_ms: None,
+                },
                 word(" later", true),
             ],
             true,

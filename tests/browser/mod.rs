@@ -1,13 +1,16 @@
-//! The daemon's browser page in headless Chromium (issue 4, Tests).
+//! The daemon's browser page in headless Chromium.
 //!
 //! The emulator and the real `sttpipe serve --ws-listen` run as in the proxy
 //! tests; Debian's Chromium loads the page the daemon serves at `GET /`, with
-//! a fake microphone that plays a marker WAV. The test drives the page
+//! a fake microphone that plays a marker WAV. The tests drive the page
 //! through the Chrome DevTools Protocol (tokio-tungstenite, `Runtime.evaluate`):
-//! it presses Start, waits for the words in `#final`, presses Stop and waits
-//! for `finished`. Chromium plays the file bit-exactly only at its fake
-//! device's rate, 44.1 kHz, so the markers survive capture, the AudioWorklet
-//! and the float-to-s16 conversion and the emulator recognises every word.
+//! they press its buttons and wait for what it shows. Chromium plays the file
+//! bit-exactly only at its fake device's rate, 44.1 kHz, so the markers
+//! survive capture, the AudioWorklet and the float-to-s16 conversion and the
+//! emulator recognises every word.
+//!
+//! This file holds the harness (Chromium, the DevTools connection, the page
+//! opened); `page` and `transcript` the tests.
 //!
 //! Chromium comes from `STTPIPE_TEST_CHROMIUM`, else `chromium` on `PATH`;
 //! `scripts/test` installs it. Every wait is bounded by [`WAIT`].
@@ -18,8 +21,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use soniox_emulator::marker;
-use soniox_emulator::{AuthMethod, EmulatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -32,12 +33,13 @@ use crate::util;
 const WAIT: Duration = Duration::from_secs(30);
 /// The rate of Chromium's fake audio device: the only one it plays exactly.
 const RATE: u32 = 44_100;
-/// Words in the WAV (one loop of the fake device).
-const WORDS: usize = 8;
-/// How long the WAV lasts (the fake device loops it).
-const TOTAL_MS: u64 = 5_000;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+// The page transcribes the fake microphone; Stop ends the session.
+mod page;
+// Paragraphs, Start again, the downloads, a token refused; the screenshot.
+mod transcript;
 
 /// Where Chromium is: `STTPIPE_TEST_CHROMIUM`, else `chromium` on `PATH`.
 fn chromium_path() -> PathBuf {
@@ -290,42 +292,37 @@ impl Cdp {
         self.eval(
             "JSON.stringify({status: document.querySelector('#status')?.textContent, \
              error: document.querySelector('#error')?.textContent, \
-             final: document.querySelector('#final')?.textContent, \
+             paragraphs: Array.from(document.querySelectorAll('#transcript p')).map(p => p.textContent), \
              nonfinal: document.querySelector('#nonfinal')?.textContent})",
         )
         .await
     }
 }
 
-/// The page's `#final` text as words.
+/// The page's final text: its paragraphs' final spans, in order.
+const FINAL_TEXT: &str =
+    "Array.from(document.querySelectorAll('#transcript .final')).map(e => e.textContent).join(' ')";
+
+/// The page's final text as words.
 async fn final_words(page: &mut Cdp) -> Vec<String> {
-    let text = page
-        .eval("document.querySelector('#final').textContent")
-        .await;
+    let text = page.eval(FINAL_TEXT).await;
     text.as_str()
-        .expect("#final has text")
+        .expect("the page's final text")
         .split_whitespace()
         .map(str::to_owned)
         .collect()
 }
 
-/// The page, a fake microphone playing marker speech at 44.1 kHz, and the
-/// emulator's words in `#final`, in order; then Stop ends the session.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_browser_page_shows_the_emulators_words() {
-    let emu = util::emulator(EmulatorConfig::default()).await;
-    // Real time: the fake microphone delivers audio in real time anyway.
-    let daemon = util::ws_daemon(&emu, &[], 1.0).await;
-
-    // The first word 1 s in, so that the page's start (the microphone opens
-    // before the WebSocket does) cannot cut it.
-    let words = marker::script(WORDS, 400, 1_000);
-    let pcm = marker::encode(&words, TOTAL_MS, RATE, 1);
-    let dir = tempfile::tempdir().unwrap();
-    let wav = util::write_file(dir.path(), "speech.wav", &util::wav(&pcm, RATE, 1));
-
-    let page_url = format!("http://127.0.0.1:{}/", daemon.port);
-    let mut chromium = Chromium::start(&page_url, &wav);
+/// Chromium on the daemon's page (with `query`, "" for none) and a fake
+/// microphone playing `wav`, the page loaded: Chromium, the page's DevTools
+/// connection, the DevTools port and the browser target's path.
+async fn open_page(
+    daemon: &util::WsDaemon,
+    wav: &Path,
+    query: &str,
+) -> (Chromium, Cdp, u16, String) {
+    let page_url = format!("http://127.0.0.1:{}/{query}", daemon.port);
+    let mut chromium = Chromium::start(&page_url, wav);
     let (port, browser_path) = chromium.devtools().await;
 
     // The page's target, once Chromium lists it.
@@ -355,72 +352,5 @@ async fn the_browser_page_shows_the_emulators_words() {
         "the page loads",
     )
     .await;
-    assert_eq!(
-        page.eval("document.querySelector('#nonfinal') !== null")
-            .await,
-        true,
-        "the page has a place for non-final text"
-    );
-
-    page.eval("document.querySelector('#toggle').click(); true")
-        .await;
-    page.wait_until(
-        "document.body.dataset.state === 'streaming'",
-        "the page streams",
-    )
-    .await;
-    let enough = format!(
-        "(document.querySelector('#error').textContent !== '') || \
-         document.querySelector('#final').textContent.trim().split(/\\s+/).length >= {WORDS}"
-    );
-    page.wait_until(&enough, "the words in #final").await;
-    let error = page
-        .eval("document.querySelector('#error').textContent")
-        .await;
-    assert_eq!(error, "", "the page shows no error");
-    let shown = final_words(&mut page).await;
-    let expected: Vec<String> = words.iter().map(|w| w.text.trim().to_owned()).collect();
-    assert_eq!(
-        shown[..WORDS],
-        expected[..],
-        "the emulator's words, in order (the fake device loops the file)"
-    );
-
-    // Stop: the page ends the audio and the daemon answers `finished`.
-    page.eval("document.querySelector('#toggle').click(); true")
-        .await;
-    page.wait_until(
-        "document.body.dataset.finished === '1' && document.body.dataset.state === 'stopped'",
-        "the session finishes after Stop",
-    )
-    .await;
-    assert_eq!(
-        page.eval("document.querySelector('#error').textContent")
-            .await,
-        "",
-        "no error at the end"
-    );
-
-    // Upstream: the daemon's own key, and the page's own rate.
-    let sessions = emu.sessions();
-    assert_eq!(sessions.len(), 1, "one upstream session: {sessions:?}");
-    let record = &sessions[0];
-    assert_eq!((record.auth, record.key_ok), (AuthMethod::Header, true));
-    let start = record.start_request.as_ref().expect("a start request");
-    assert_eq!(start["sample_rate"], RATE, "{start}");
-    assert_eq!(start["audio_format"], "pcm_s16le", "{start}");
-    assert_eq!(start["num_channels"], 1, "{start}");
-    assert!(start.get("api_key").is_none(), "{start}");
-    assert!(
-        record.ended_audio,
-        "the page's Stop ends the audio upstream"
-    );
-    assert!(
-        record.words_sent_final.len() >= WORDS,
-        "{:?}",
-        record.words_sent_final
-    );
-
-    let mut browser = Cdp::connect(&format!("ws://127.0.0.1:{port}{browser_path}")).await;
-    chromium.close(&mut browser).await;
+    (chromium, page, port, browser_path)
 }
