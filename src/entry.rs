@@ -186,9 +186,11 @@ mod tests {
             "invalid value 'sbv' for '--format <FORMAT>' (one of ndjson, text, srt, vtt); \
              see sttpipe --help"
         );
+        // clap's tips stay.
         assert_eq!(
             line(&["sttpipe", "--no-such-flag"]),
-            "unexpected argument '--no-such-flag' found; see sttpipe --help"
+            "unexpected argument '--no-such-flag' found tip: to pass '--no-such-flag' as a value, \
+             use '-- --no-such-flag'; see sttpipe --help"
         );
     }
 }
