@@ -39,3 +39,5 @@ mod media;
 mod captions;
 // What an adversarial pass found, one test per finding.
 mod hardening;
+// The README's command lines against the built binary's --help; the man page against --help.
+mod readme;
