@@ -168,7 +168,7 @@ async fn stream(
             engines,
             None,
             &session_config,
-            new_session_id(),
+            crate::session_id::random(),
             session_rx,
             events,
             stop,
@@ -338,21 +338,6 @@ fn watch_signals(stop: CancellationToken) -> io::Result<Signalled> {
         }
     });
     Ok(signalled)
-}
-
-/// A random id for the stream: 16 hex digits from the kernel's generator.
-fn new_session_id() -> String {
-    let mut bytes = [0u8; 8];
-    let from_kernel = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
-    if from_kernel.is_err() {
-        // Unique enough for a log id: time and pid.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = (nanos ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The one-line error report on stderr.

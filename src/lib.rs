@@ -87,6 +87,7 @@ mod protocol;
 mod replay;
 mod retry;
 mod session;
+mod session_id;
 mod systemd;
 mod timer;
 #[cfg(test)]

@@ -37,8 +37,10 @@ use crate::event::Event;
 use crate::session::{self, Lease, Retake, SessionInput, Summary};
 
 /// Who is asking, and through which front end.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Client {
+    /// The session's id in its `start` event, the logs and `status`.
+    pub(crate) session_id: String,
     /// The front end's name in `status` and the logs: `unix`, `ws`.
     pub(crate) front: &'static str,
     /// The peer's credentials.
@@ -81,7 +83,12 @@ pub(crate) fn prepare(
     let (engines, config) = shared.session(request)?;
     let registration = shared
         .registry
-        .register(client.front, client.peer, client.per_uid_limit)
+        .register(
+            client.session_id,
+            client.front,
+            client.peer,
+            client.per_uid_limit,
+        )
         .ok_or_else(|| Error::Busy(format!("uid {} has too many sessions", client.peer.uid)))?;
     registration
         .progress
@@ -144,11 +151,15 @@ impl Admitted {
         self.prepared.registration.progress.clone()
     }
 
+    /// The session's id, as the client gave it to [`prepare`].
+    pub(crate) fn session_id(&self) -> &str {
+        self.prepared.registration.session_id()
+    }
+
     /// Step 3: runs the session core on its own task, reading `input` and
-    /// giving out `events`, under the id `session_id`.
+    /// giving out `events`.
     pub(crate) fn spawn(
         self,
-        session_id: String,
         input: mpsc::Receiver<SessionInput>,
         events: mpsc::Sender<Event>,
     ) -> Running {
@@ -160,6 +171,7 @@ impl Admitted {
             registration,
         } = prepared;
         let lease = lease(&shared, slot, registration.progress.clone());
+        let session_id = registration.session_id().to_owned();
         let stop = shared.stop.child_token();
         info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
         let task = tokio::spawn(async move {

@@ -33,7 +33,7 @@ pub(crate) use ws::fuzz as ws_fuzz;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ use crate::config::{ApiKey, SessionConfig, SessionRequest, Timing, load_api_key}
 use crate::engine::quota::Rejections;
 use crate::engine::{RateLimiter, SessionEngines};
 use crate::error::{EXIT_OK, Error, Result};
+use crate::session_id::SessionIds;
 use crate::systemd::{ListenFds, Notifier};
 use admission::Admission;
 use engines::Engines;
@@ -77,7 +78,7 @@ pub(crate) struct Shared {
     /// Cancelled on shutdown: every session ends its audio and drains.
     stop: CancellationToken,
     started: Instant,
-    next_session: AtomicU64,
+    session_ids: SessionIds,
 }
 
 impl Shared {
@@ -125,8 +126,7 @@ impl Shared {
     }
 
     fn new_session_id(&self) -> String {
-        let n = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{:08x}-{n}", std::process::id())
+        self.session_ids.next()
     }
 
     /// A client's session: the engines it runs on, and its settings with
@@ -422,7 +422,7 @@ async fn serve(
         settings: Mutex::new(settings),
         stop: CancellationToken::new(),
         started: Instant::now(),
-        next_session: AtomicU64::new(0),
+        session_ids: SessionIds::default(),
     });
     let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
     ws::warn_if_open(ws_addr, shared.ws_token().is_some());

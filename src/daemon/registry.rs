@@ -48,6 +48,7 @@ impl State {
 
 #[derive(Debug)]
 struct Entry {
+    session_id: String,
     front: &'static str,
     peer: Peer,
     started: Instant,
@@ -103,9 +104,18 @@ pub(crate) struct Registry {
 #[derive(Debug)]
 pub(crate) struct Registration {
     registry: Arc<Registry>,
+    /// The registry's key, in the order of registration.
     id: u64,
+    session_id: String,
     /// Updated by the front end.
     pub(crate) progress: Arc<Progress>,
+}
+
+impl Registration {
+    /// The session's id.
+    pub(crate) fn session_id(&self) -> &str {
+        &self.session_id
+    }
 }
 
 impl Drop for Registration {
@@ -124,10 +134,11 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a session; `None` if `peer.uid` already has `per_uid_limit`
-    /// sessions (0: no limit).
+    /// Adds the session `session_id`; `None` if `peer.uid` already has
+    /// `per_uid_limit` sessions (0: no limit).
     pub(crate) fn register(
         self: &Arc<Self>,
+        session_id: String,
         front: &'static str,
         peer: Peer,
         per_uid_limit: usize,
@@ -143,6 +154,7 @@ impl Registry {
         entries.insert(
             id,
             Entry {
+                session_id: session_id.clone(),
                 front,
                 peer,
                 started: Instant::now(),
@@ -153,6 +165,7 @@ impl Registry {
         Some(Registration {
             registry: self.clone(),
             id,
+            session_id,
             progress,
         })
     }
@@ -182,7 +195,7 @@ impl Registry {
                 (
                     *id,
                     json!({
-                        "id": id,
+                        "id": e.session_id,
                         "front": e.front,
                         "peer": {"uid": e.peer.uid, "gid": e.peer.gid, "pid": e.peer.pid},
                         "age_ms": e.started.elapsed().as_millis() as u64,
@@ -215,16 +228,28 @@ mod tests {
             gid: 1000,
             pid: Some(1),
         };
-        let first = registry.register("unix", peer, 1).expect("first");
-        assert!(registry.register("unix", peer, 1).is_none());
+        let first = registry
+            .register("00000000000000a1".into(), "unix", peer, 1)
+            .expect("first");
+        assert!(
+            registry
+                .register("00000000000000a2".into(), "unix", peer, 1)
+                .is_none()
+        );
         first.progress.set_bytes_per_second(Some(32_000));
         first.progress.add_audio(64_000);
         let status = registry.status();
+        // The id the session's `start` event and logs carry.
+        assert_eq!(status["sessions"][0]["id"], "00000000000000a1");
         assert_eq!(status["sessions"][0]["audio_ms"], 2000);
         assert_eq!(status["per_uid"]["1000"], 1);
         drop(first);
         assert!(registry.is_empty());
         assert_eq!(registry.status()["audio_minutes"], 2000.0 / 60_000.0);
-        assert!(registry.register("unix", peer, 1).is_some());
+        assert!(
+            registry
+                .register("00000000000000a3".into(), "unix", peer, 1)
+                .is_some()
+        );
     }
 }

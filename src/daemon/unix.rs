@@ -80,6 +80,7 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
         Ok(Ok(line)) => protocol::parse_header(&line),
     };
     let client = Client {
+        session_id: shared.new_session_id(),
         front: "unix",
         peer,
         per_uid_limit: shared.per_uid_limit(),
@@ -169,7 +170,7 @@ async fn run_admitted(
         input_tx,
         progress,
     ));
-    let mut running = admitted.spawn(shared.new_session_id(), input_rx, events);
+    let mut running = admitted.spawn(input_rx, events);
     running.outcome().await;
     // The pump stops at the client's end of audio, or, once the session is
     // gone, at its next chunk; either way it hands the reader back. A client

@@ -248,6 +248,7 @@ async fn run_client(
     };
     debug!(?start, key_source, "start request");
     let launch_client = LaunchClient {
+        session_id: client.request_id.clone(),
         front: "ws",
         peer: REMOTE_PEER,
         per_uid_limit: 0,

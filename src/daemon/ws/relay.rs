@@ -209,7 +209,7 @@ impl Relay {
                         progress.add_audio(std::mem::take(&mut self.unreported));
                         self.progress = Some(progress);
                         let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
-                        task = Some(admitted.spawn(client.request_id.clone(), input_rx, events_tx));
+                        task = Some(admitted.spawn(input_rx, events_tx));
                         input = Some(input_tx);
                         // What it sent while queued goes in first: the
                         // client is silent only once that is in.

@@ -64,6 +64,7 @@ pub(super) async fn run(
     let channels = if mono { 1 } else { layout.channels };
     let args = mapping::session_args(transcribe, layout, channels, style);
     let client = Client {
+        session_id: shared.new_session_id(),
         front: "wyoming",
         peer: REMOTE_PEER,
         per_uid_limit: 0,
@@ -97,8 +98,8 @@ pub(super) async fn run(
     }
     let progress = admitted.progress();
     let (input_tx, input_rx) = mpsc::channel(AUDIO_QUEUE);
-    let session_id = shared.new_session_id();
-    let running = admitted.spawn(session_id.clone(), input_rx, events_tx);
+    let session_id = admitted.session_id().to_owned();
+    let running = admitted.spawn(input_rx, events_tx);
     let relay = Relay {
         session_id,
         layout,
