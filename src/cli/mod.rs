@@ -11,6 +11,7 @@
 pub(crate) mod groups;
 pub(crate) mod session_args;
 pub(crate) mod values;
+pub(crate) mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -189,6 +190,17 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Print the daemon's status as JSON: sessions, queue, upstream usage.
     Status(StatusArgs),
+    /// Print a shell completion script on stdout, e.g.
+    /// `sttpipe completions bash > /etc/bash_completion.d/sttpipe`.
+    Completions(CompletionsArgs),
+}
+
+/// `sttpipe completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// `sttpipe serve`. Its long flags are also the keys of the settings file
