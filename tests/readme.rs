@@ -14,8 +14,6 @@ use crate::util;
 const UNMERGED: &[(&str, &str)] = &[
     // `sttpipe engine install [MODEL] [--dir DIR]`, `sttpipe engine list`.
     ("engine", "lands with branch engine"),
-    // `sttpipe completions bash|zsh|fish`.
-    ("completions", "lands with branch deb"),
 ];
 
 /// What one command's `--help` says: its flags and whether each takes a
