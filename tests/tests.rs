@@ -39,3 +39,6 @@ mod media;
 mod captions;
 // What an adversarial pass found, one test per finding.
 mod hardening;
+// More than one host: failover over several URLs, a gateway's queue, edges
+// behind HAProxy in front of two gateways.
+mod lb;
