@@ -11,4 +11,5 @@
 //!   of two gateway daemons; one gateway SIGKILLed mid-stream.
 
 mod failover;
+mod haproxy;
 mod queued;
