@@ -8,6 +8,8 @@
 //! limits (a 429) gives its place back too, and waits again at the head of
 //! the line ([`Lease::requeue`]): that is not a failure, and spends none of
 //! its retry budget. The filter has no limit and no lease.
+//! The lease is also the session's one line back to the daemon: it tells
+//! the daemon which service URL each upstream session is on, for `status`.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,6 +9,10 @@
 //! starts or the fault knobs change. A configured [`Probe`] is called inline,
 //! per audio frame and per final token; without one, nothing is.
 //!
+//! With `queue_first` set, the emulator acts as an sttpipe gateway that
+//! holds each session in its queue for a while (queued frames, the audio
+//! held) before recognising it; Soniox itself never does.
+//!
 //! [`Probe`]: super::Probe
 
 use std::pin::Pin;
