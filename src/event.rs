@@ -167,6 +167,10 @@ pub(crate) enum Event {
         replayed_ms: u64,
         /// The failure, for people.
         message: String,
+        /// The service URL the new session is connected to (Soniox: with
+        /// `--url` given more than once, the one failover chose).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     /// Audio was lost: it left the replay buffer before any session made it
     /// final. Times on the stream's timeline.

@@ -41,3 +41,6 @@ mod captions;
 mod hardening;
 // The README's command lines against the built binary's --help; the man page against --help.
 mod readme;
+// More than one host: failover over several URLs, a gateway's queue, edges
+// behind HAProxy in front of two gateways.
+mod lb;

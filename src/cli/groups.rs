@@ -34,14 +34,19 @@ pub(crate) struct ServiceArgs {
     )]
     pub(crate) region: Region,
 
-    /// WebSocket URL of the service, overriding --region.
+    /// WebSocket URL of the service, overriding --region. Give it more
+    /// than once for failover: a session that cannot reach one URL tries
+    /// the next, starting from the last that worked (SONIOX_WS_URL holds
+    /// one).
     #[arg(
         long,
         value_name = "URL",
         env = "SONIOX_WS_URL",
+        action = clap::ArgAction::Append,
         help_heading = "Service"
     )]
-    pub(crate) url: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) url: Vec<String>,
 
     /// Read the API key from PATH (first line) instead of SONIOX_API_KEY or
     /// $CREDENTIALS_DIRECTORY/soniox-api-key.
@@ -52,6 +57,23 @@ pub(crate) struct ServiceArgs {
     /// built-in roots, for a private endpoint.
     #[arg(long, value_name = "PATH", help_heading = "Service")]
     pub(crate) ca_file: Option<PathBuf>,
+}
+
+/// A settings-file value that may be one string or a list of them
+/// (`url = "wss://…"` or `url = ["wss://a/…", "wss://b/…"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        None(()),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+        OneOrMany::None(()) => Vec::new(),
+    })
 }
 
 /// Where the local engine's files are, and which model it runs.

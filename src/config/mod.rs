@@ -134,8 +134,9 @@ impl Timing {
 /// Where and how the Soniox engine connects.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceConfig {
-    /// WebSocket URL.
-    pub(crate) url: String,
+    /// WebSocket URLs, in the order given: the first is tried first, and a
+    /// session that cannot reach one tries the next (never empty).
+    pub(crate) urls: Vec<String>,
     /// The key, sent as `Authorization: Bearer`.
     pub(crate) api_key: ApiKey,
     /// PEM file of trusted CAs replacing the built-in roots.

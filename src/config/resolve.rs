@@ -283,18 +283,21 @@ fn check_language(flag: &str, code: &str) -> Result<()> {
     }
 }
 
-/// The service URL: `url` if given and not empty, else the region's.
-pub(crate) fn url(url: Option<&str>, region: Region) -> Result<String> {
-    let url = url
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| region.url())
-        .to_owned();
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-        return Err(Error::Usage(format!(
-            "--url must be a ws:// or wss:// URL, not {url:?}"
-        )));
+/// The service URLs, in the order given for failover: the `urls` that are
+/// not empty, else the region's.
+pub(crate) fn urls(urls: &[String], region: Region) -> Result<Vec<String>> {
+    let mut given: Vec<String> = urls.iter().filter(|url| !url.is_empty()).cloned().collect();
+    if given.is_empty() {
+        given.push(region.url().to_owned());
     }
-    Ok(url)
+    for url in &given {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(Error::Usage(format!(
+                "--url must be a ws:// or wss:// URL, not {url:?}"
+            )));
+        }
+    }
+    Ok(given)
 }
 
 /// The smallest replay buffer: on a healthy connection it holds the
@@ -377,7 +380,7 @@ impl FilterConfig {
             }
             (None, Some(EngineChoice::Local)) => Target::Local(local.clone()),
             (None, Some(EngineChoice::Soniox) | None) => Target::Soniox(ServiceConfig {
-                url: url(opts.service.url.as_deref(), opts.service.region)?,
+                urls: urls(&opts.service.url, opts.service.region)?,
                 api_key: load_api_key(opts.service.api_key_file.as_deref(), env)?,
                 ca_file: opts.service.ca_file.clone(),
                 timing,
@@ -444,11 +447,23 @@ mod tests {
         let Target::Soniox(service) = &config.target else {
             panic!("no --connect: straight to Soniox")
         };
-        assert_eq!(service.url, "wss://stt-rt.soniox.com/transcribe-websocket");
+        assert_eq!(
+            service.urls,
+            ["wss://stt-rt.soniox.com/transcribe-websocket"]
+        );
         assert_eq!(
             config.session.recognition.model,
             crate::cli::session_args::DEFAULT_MODEL
         );
+    }
+
+    #[test]
+    fn repeated_urls_are_kept_in_order_for_failover() {
+        let config = parse(&["--url", "wss://a/ws", "--url", "", "--url", "ws://b/ws"]).unwrap();
+        let Target::Soniox(service) = &config.target else {
+            panic!("no --connect: straight to Soniox")
+        };
+        assert_eq!(service.urls, ["wss://a/ws", "ws://b/ws"]);
     }
 
     #[test]
@@ -482,7 +497,7 @@ mod tests {
         let Target::Soniox(service) = &config.target else {
             panic!("no --connect: straight to Soniox")
         };
-        assert!(service.url.contains(".eu."));
+        assert!(service.urls[0].contains(".eu."));
         assert!(!config.session.audio.is_raw());
     }
 
@@ -494,6 +509,7 @@ mod tests {
             &["--max-endpoint-delay-ms", "100"],
             &["--language-hints", "English"],
             &["--url", "http://x"],
+            &["--url", "wss://a/", "--url", "http://x"],
             &["--rate", "0"],
             &["--drain-timeout", "1e300"],
             &["--idle-close", "1e19"],
@@ -538,8 +554,8 @@ mod tests {
             panic!("no --connect: straight to Soniox")
         };
         assert_eq!(
-            service.url,
-            "wss://stt-rt.in.soniox.com/transcribe-websocket"
+            service.urls,
+            ["wss://stt-rt.in.soniox.com/transcribe-websocket"]
         );
     }
 

@@ -61,7 +61,7 @@ impl Engines {
         let soniox = match key {
             Some(api_key) => Some(Engine::Soniox(
                 SonioxEngine::new(ServiceConfig {
-                    url: settings.url.clone(),
+                    urls: settings.urls.clone(),
                     api_key,
                     ca_file: settings.ca_file.clone(),
                     timing: settings.timing,

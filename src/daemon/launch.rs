@@ -265,7 +265,9 @@ fn lease(shared: &Arc<Shared>, slot: Slot, progress: Arc<Progress>) -> Lease {
         );
         (position, hold(Box::pin(waiting.slot())))
     };
-    Lease::new(give_back, take).with_requeue(requeue)
+    Lease::new(give_back, take)
+        .with_requeue(requeue)
+        .with_upstream_report(move |url| progress.set_upstream_url(url))
 }
 
 /// A running session's task; aborted if dropped before it ends, which

@@ -62,9 +62,27 @@ pub(crate) struct Progress {
     /// Bytes per second of the audio (0 for containers).
     bytes_per_second: AtomicU64,
     state: AtomicU8,
+    /// The service URL of its upstream session now (failover may change it).
+    upstream_url: Mutex<Option<Arc<str>>>,
 }
 
 impl Progress {
+    /// Sets the service URL of its upstream session.
+    pub(crate) fn set_upstream_url(&self, url: &str) {
+        let mut now = self.upstream_url.lock().unwrap_or_else(|e| e.into_inner());
+        if now.as_deref() != Some(url) {
+            *now = Some(url.into());
+        }
+    }
+
+    fn upstream_url(&self) -> Option<Arc<str>> {
+        // A plain value, set whole.
+        self.upstream_url
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Counts audio read from the client.
     pub(crate) fn add_audio(&self, bytes: u64) {
         self.audio_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -201,6 +219,7 @@ impl Registry {
                         "age_ms": e.started.elapsed().as_millis() as u64,
                         "audio_ms": audio_ms,
                         "state": State::name(e.progress.state.load(Ordering::Relaxed)),
+                        "upstream_url": e.progress.upstream_url().as_deref(),
                     }),
                 )
             })
@@ -243,6 +262,12 @@ mod tests {
         assert_eq!(status["sessions"][0]["id"], "00000000000000a1");
         assert_eq!(status["sessions"][0]["audio_ms"], 2000);
         assert_eq!(status["per_uid"]["1000"], 1);
+        assert_eq!(status["sessions"][0]["upstream_url"], Value::Null);
+        first.progress.set_upstream_url("wss://b/ws");
+        assert_eq!(
+            registry.status()["sessions"][0]["upstream_url"],
+            "wss://b/ws"
+        );
         drop(first);
         assert!(registry.is_empty());
         assert_eq!(registry.status()["audio_minutes"], 2000.0 / 60_000.0);

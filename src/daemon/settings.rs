@@ -71,8 +71,8 @@ pub(crate) struct Settings {
     pub(crate) socket: PathBuf,
     /// API key file, if not from the environment or credentials.
     pub(crate) api_key_file: Option<PathBuf>,
-    /// Service URL.
-    pub(crate) url: String,
+    /// Service URLs, for failover (never empty).
+    pub(crate) urls: Vec<String>,
     /// CA file for a private endpoint.
     pub(crate) ca_file: Option<PathBuf>,
     /// Slots and queue.
@@ -128,9 +128,10 @@ impl Settings {
     ) -> Result<Settings> {
         let args = with_file(args, given)?;
         check_limits(&args)?;
-        let url = resolve::url(args.service.url.as_deref(), args.service.region)?;
+        let urls = resolve::urls(&args.service.url, args.service.region)?;
         let live_quota = if args.live_quota {
-            Some(super::live::rest_base(&url, args.quota_url.as_deref())?)
+            // The REST API of the first: failover URLs are the same service.
+            Some(super::live::rest_base(&urls[0], args.quota_url.as_deref())?)
         } else {
             None
         };
@@ -138,7 +139,7 @@ impl Settings {
             live_quota,
             socket: args.socket,
             api_key_file: args.service.api_key_file,
-            url,
+            urls,
             ca_file: args.service.ca_file,
             limits: Limits {
                 max_upstream: args.max_upstream,
@@ -353,7 +354,7 @@ mod tests {
                 queue: 9
             }
         );
-        assert!(settings.url.contains(".eu."));
+        assert!(settings.urls[0].contains(".eu."));
         assert_eq!(settings.access.uids, [1000]);
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(settings.local.model, crate::cli::values::LocalModel::BaseEn);
@@ -378,6 +379,25 @@ mod tests {
             resolve(&["--config", "/nonexistent/sttpipe.toml"]),
             Err(Error::Config(_))
         ));
+    }
+
+    #[test]
+    fn the_settings_file_takes_one_url_or_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sttpipe.toml");
+        let path = file.to_str().unwrap();
+        std::fs::write(&file, "url = \"wss://a/ws\"\n").unwrap();
+        assert_eq!(resolve(&["--config", path]).unwrap().urls, ["wss://a/ws"]);
+        std::fs::write(&file, "url = [\"wss://a/ws\", \"wss://b/ws\"]\n").unwrap();
+        assert_eq!(
+            resolve(&["--config", path]).unwrap().urls,
+            ["wss://a/ws", "wss://b/ws"]
+        );
+        // The command line's list replaces the file's, whole.
+        let settings = resolve(&["--config", path, "--url", "ws://c/ws"]).unwrap();
+        assert_eq!(settings.urls, ["ws://c/ws"]);
+        std::fs::write(&file, "url = [\"http://a/\"]\n").unwrap();
+        assert!(matches!(resolve(&["--config", path]), Err(Error::Usage(_))));
     }
 
     #[test]

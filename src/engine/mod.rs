@@ -94,6 +94,9 @@ pub(crate) enum EngineEvent {
     /// The session finished after end of audio; its last tokens are inside.
     /// Nothing follows.
     Finished(Update),
+    /// The upstream is a gateway whose queue the session waits in, at this
+    /// 1-based position: no answer yet, no failure either.
+    Queued(u64),
     /// The session failed; nothing follows.
     Failed(crate::error::Error),
 }
@@ -105,6 +108,8 @@ pub(crate) struct EngineLink {
     pub(crate) commands: mpsc::Sender<EngineCommand>,
     /// Events from the engine task; closes after `Finished` or `Failed`.
     pub(crate) events: mpsc::Receiver<EngineEvent>,
+    /// The service URL it is connected to (`None`: not a network engine).
+    pub(crate) url: Option<String>,
 }
 
 /// A recognition engine.

@@ -233,6 +233,7 @@ impl ScriptedEngine {
         Ok(EngineLink {
             commands: commands_tx,
             events: events_rx,
+            url: None,
         })
     }
 }

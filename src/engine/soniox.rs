@@ -10,6 +10,12 @@
 //! [`Error::Service`]; the daemon's engine counts every 429 by tier
 //! ([`super::quota`]), and a refusal past the cap on connections shrinks
 //! its warm pool, whose idle connections count against that cap.
+//!
+//! With more than one URL, a connection attempt that cannot reach one tries
+//! the next within the same connect bound ([`failover`]). A gateway
+//! (`sttpipe serve`) upstream may say that the session waits in its queue
+//! (`soniox_wire::extension`): that becomes [`EngineEvent::Queued`], and
+//! keeps the half-open watchdog content, since the connection is alive.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,7 +33,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::quota::{Rejections, Tier};
 use super::{
@@ -50,8 +56,10 @@ pub(crate) const PING_EVERY: Duration = Duration::from_secs(5);
 /// A service that owes an answer and stays silent this long is gone.
 pub(crate) const HALF_OPEN_AFTER: Duration = Duration::from_secs(10);
 
+mod failover;
 mod pool;
 
+use failover::{Upstreams, fails_over};
 use pool::{PoolRoom, WarmPool, keep_warm};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -60,6 +68,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Clone)]
 pub(crate) struct SonioxEngine {
     service: ServiceConfig,
+    /// The URLs and where the next attempt starts.
+    upstreams: Upstreams,
     tls: Arc<rustls::ClientConfig>,
     /// Every upstream open takes a token first (the daemon's quota).
     rate: Option<Arc<RateLimiter>>,
@@ -82,6 +92,7 @@ impl SonioxEngine {
     pub(crate) fn new(service: ServiceConfig) -> Result<SonioxEngine> {
         let tls = Arc::new(tls_config(service.ca_file.as_deref())?);
         Ok(SonioxEngine {
+            upstreams: Upstreams::new(&service.urls),
             service,
             tls,
             rate: None,
@@ -154,7 +165,7 @@ impl SonioxEngine {
         if let Some(pool) = &self.pool {
             // A warm connection the service has closed fails the send: then
             // the next one, or a fresh connection.
-            while let Some(mut warm) = pool.take() {
+            while let Some((index, mut warm)) = pool.take() {
                 if let Err(tier) = self.check_idle(&mut warm) {
                     if tier == Some(Tier::Connections) {
                         pool.shrink();
@@ -162,23 +173,25 @@ impl SonioxEngine {
                     continue;
                 }
                 if warm.send(start.clone()).await.is_ok() {
-                    socket = Some(warm);
+                    socket = Some((warm, index));
                     break;
                 }
             }
         }
-        let socket = match socket {
+        let (socket, index) = match socket {
             Some(socket) => socket,
             None => {
                 if let Some(rate) = &self.rate {
                     rate.take().await;
                 }
-                let mut socket = self.connect().await?;
-                socket
-                    .send(start)
-                    .await
-                    .map_err(|e| Error::Disconnected(format!("sending the start request: {e}")))?;
-                socket
+                let (mut socket, index) = self.connect().await?;
+                if let Err(e) = socket.send(start).await {
+                    self.upstreams.failed(index);
+                    return Err(Error::Disconnected(format!(
+                        "sending the start request: {e}"
+                    )));
+                }
+                (socket, index)
             }
         };
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -189,23 +202,63 @@ impl SonioxEngine {
             commands_rx,
             events_tx,
             timers,
-            self.clone(),
+            (self.clone(), index),
         ));
         Ok(EngineLink {
             commands: commands_tx,
             events: events_rx,
+            url: Some(self.upstreams.url(index).to_owned()),
         })
     }
 
-    async fn connect(&self) -> Result<Socket> {
-        let url = &self.service.url;
+    /// Connects to the first URL that answers, in the failover order, all
+    /// within one [`CONNECT_TIMEOUT`]: each attempt gets an equal share of
+    /// what is left, so that a host that does not answer leaves time for
+    /// the next. Gives the socket and its URL's index; when every URL
+    /// failed, the last failure worth retrying, if any, else the last.
+    async fn connect(&self) -> Result<(Socket, usize)> {
+        let deadline = Instant::now() + self.service.timing.wall(CONNECT_TIMEOUT);
+        let order: Vec<usize> = self.upstreams.order().collect();
+        let (mut retryable, mut last) = (None, None);
+        for (tried, &index) in order.iter().enumerate() {
+            let left = order.len() - tried;
+            let share = deadline.saturating_duration_since(Instant::now()) / left as u32;
+            let url = self.upstreams.url(index);
+            match self.connect_to(url, share).await {
+                Ok(socket) => {
+                    if tried > 0 {
+                        info!(url, failed = tried, "connected to the next upstream URL");
+                    }
+                    self.upstreams.good(index);
+                    return Ok((socket, index));
+                }
+                Err(err) if !fails_over(&err) => return Err(err),
+                Err(err) => {
+                    self.upstreams.failed(index);
+                    if self.upstreams.len() > 1 {
+                        warn!(url, error = %err, "cannot reach this upstream URL");
+                    }
+                    if err.is_retryable() {
+                        retryable = Some(err);
+                    } else {
+                        last = Some(err);
+                    }
+                }
+            }
+        }
+        Err(retryable
+            .or(last)
+            .unwrap_or_else(|| Error::Internal("no upstream URL to connect to".into())))
+    }
+
+    /// One attempt at `url`, bounded by `bound`.
+    async fn connect_to(&self, url: &str, bound: Duration) -> Result<Socket> {
         let connect_error = |reason: String, transient: bool| Error::Connect {
-            url: url.clone(),
+            url: url.to_owned(),
             reason,
             transient,
         };
         let mut request = url
-            .as_str()
             .into_client_request()
             .map_err(|e| connect_error(e.to_string(), false))?;
         let bearer = format!("Bearer {}", self.service.api_key.expose());
@@ -221,7 +274,6 @@ impl SonioxEngine {
             true,
             Some(connector),
         );
-        let bound = self.service.timing.wall(CONNECT_TIMEOUT);
         match tokio::time::timeout(bound, handshake).await {
             Err(_) => Err(connect_error(
                 format!("no answer within {:.1} s", bound.as_secs_f64()),
@@ -341,18 +393,22 @@ enum Ending {
 }
 
 /// Runs one upstream connection until `finished`, an error, or abandonment;
-/// `engine` notes its failure.
+/// `engine` notes its failure, and a lost connection sends the next attempt
+/// to the next of its URLs (`index`: this one's).
 async fn run_connection(
     mut socket: Socket,
     mut commands: mpsc::Receiver<EngineCommand>,
     events: mpsc::Sender<EngineEvent>,
     timers: Timers,
-    engine: SonioxEngine,
+    (engine, index): (SonioxEngine, usize),
 ) {
     let ending = match drive(&mut socket, &mut commands, &events, timers).await {
         Ok(ending) => ending,
         Err(err) => {
             engine.note(&err);
+            if fails_over(&err) {
+                engine.upstreams.failed(index);
+            }
             // The receiver may be gone already; nothing else to tell.
             let _ = events.send(EngineEvent::Failed(err)).await;
             Ending::Failed
@@ -488,6 +544,10 @@ fn receive(incoming: Option<Result<Message, tungstenite::Error>>) -> Result<Opti
     };
     let message: ServerMessage = serde_json::from_str(&text)
         .map_err(|e| Error::Protocol(format!("unreadable message from the service: {e}")))?;
+    // A gateway's queue: no tokens, no progress, the connection alive.
+    if let Some(position) = message.queued_position() {
+        return Ok(Some(EngineEvent::Queued(position)));
+    }
     let response = message.into_result().map_err(|err| Error::Service {
         code: err.code,
         error_type: Some(err.error_type.into_owned()),
@@ -546,6 +606,15 @@ mod tests {
             start,
             r#"{"model":"stt-rt-v6","audio_format":"ogg","endpoint_sensitivity":0.5,"endpoint_latency_adjustment_level":2,"enable_agent_text_input":true}"#
         );
+    }
+
+    #[test]
+    fn a_gateways_queued_frame_is_a_queued_event_not_tokens() {
+        let frame = soniox_wire::extension::queued_frame(2);
+        let event = receive(Some(Ok(Message::text(frame)))).unwrap();
+        assert!(matches!(event, Some(EngineEvent::Queued(2))), "{event:?}");
+        let plain = receive(Some(Ok(Message::text(r#"{"tokens":[]}"#)))).unwrap();
+        assert!(matches!(plain, Some(EngineEvent::Update(_))), "{plain:?}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! limits (a 429) gives its place back too, and waits again at the head of
 //! the line ([`Lease::requeue`]): that is not a failure, and spends none of
 //! its retry budget. The filter has no limit and no lease.
+//! The lease is also the session's one line back to the daemon: it tells
+//! the daemon which service URL each upstream session is on, for `status`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,12 +24,17 @@ pub(crate) type Retake = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 /// the line: the 1-based position there, and the wait.
 pub(crate) type Requeue = Box<dyn FnMut(Tier) -> (usize, Retake) + Send + Sync>;
 
+/// Told the service URL of each upstream session.
+type UpstreamReport = Box<dyn FnMut(&str) + Send + Sync>;
+
 /// A place under the limit.
 pub(crate) struct Lease {
     held: bool,
     give_back: Box<dyn FnMut() + Send + Sync>,
     take: Box<dyn FnMut() -> Retake + Send + Sync>,
     requeue: Option<Requeue>,
+    /// Told the service URL of each upstream session (for `status`).
+    on_upstream: Option<UpstreamReport>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -48,6 +55,23 @@ impl Lease {
             give_back: Box::new(give_back),
             take: Box::new(take),
             requeue: None,
+            on_upstream: None,
+        }
+    }
+
+    /// Tells `report` the service URL of each upstream session opened.
+    pub(crate) fn with_upstream_report(
+        mut self,
+        report: impl FnMut(&str) + Send + Sync + 'static,
+    ) -> Lease {
+        self.on_upstream = Some(Box::new(report));
+        self
+    }
+
+    /// An upstream session opened on `url`.
+    pub(super) fn report_upstream(&mut self, url: &str) {
+        if let Some(report) = self.on_upstream.as_mut() {
+            report(url);
         }
     }
 

@@ -57,6 +57,8 @@ struct Announce {
     upstream: u32,
     replayed_ms: u64,
     message: String,
+    /// The service URL of the new session (the Soniox engine's).
+    url: Option<String>,
 }
 
 impl Announce {
@@ -68,6 +70,7 @@ impl Announce {
             gap_ms,
             replayed_ms: self.replayed_ms,
             message: self.message,
+            url: self.url,
         }
     }
 }
@@ -90,6 +93,8 @@ pub(super) struct Upstream {
     pub(super) answered: bool,
     /// Given out at its first answer.
     announce: Option<Announce>,
+    /// The queue position its gateway last reported, while it waits there.
+    queued_at: Option<u64>,
 }
 
 impl Upstream {
@@ -220,11 +225,16 @@ impl Session<'_> {
         } else {
             self.closed_upstreams_ms
         };
+        let url = link.url.clone();
+        if let (Some(url), Some(lease)) = (&url, self.lease.as_mut()) {
+            lease.report_upstream(url);
+        }
         let announce = (self.started && !reason.is_empty()).then(|| Announce {
             reason,
             upstream: self.upstreams_opened,
             replayed_ms: self.ms_at(self.buffer.end()).saturating_sub(base_ms),
             message,
+            url: url.clone(),
         });
         // What was read but not yet sent goes to this session first: it is
         // in flight for the container window from the start.
@@ -244,8 +254,9 @@ impl Session<'_> {
             },
             answered: false,
             announce,
+            queued_at: None,
         });
-        debug!(session = %self.session_id, upstream = self.upstreams_opened, base_ms, "upstream session open");
+        debug!(session = %self.session_id, upstream = self.upstreams_opened, base_ms, url = url.as_deref().unwrap_or_default(), "upstream session open");
         self.ensure_started().await
     }
     /// Sends the next due command: a finalize that is due, else a control
@@ -336,6 +347,7 @@ impl Session<'_> {
                     .await
                 }
             }
+            Some(EngineEvent::Queued(position)) => self.on_queued_upstream(position).await,
             Some(EngineEvent::Failed(err)) => self.on_failure(err, true).await,
             None => {
                 self.on_failure(
@@ -345,6 +357,27 @@ impl Session<'_> {
                 .await
             }
         }
+    }
+
+    /// The upstream is a gateway whose queue the session waits in: the
+    /// client hears `queued` when the position changes (the gateway's
+    /// heartbeats at the same position are only for the connection's
+    /// liveness). It is no answer: an outage it follows goes on until the
+    /// first tokens, and the audio read meanwhile waits in the replay
+    /// buffer, sent on at real-time pace.
+    async fn on_queued_upstream(&mut self, position: u64) -> Result<(), Halt> {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Ok(());
+        };
+        if upstream.answered || upstream.queued_at == Some(position) {
+            return Ok(());
+        }
+        upstream.queued_at = Some(position);
+        info!(session = %self.session_id, position, "queued at the upstream gateway");
+        self.emit(Event::Queued {
+            position: usize::try_from(position).unwrap_or(usize::MAX),
+        })
+        .await
     }
 
     async fn on_update(&mut self, update: Update) -> Result<(), Halt> {
@@ -359,7 +392,7 @@ impl Session<'_> {
                 let gap_ms = match outage {
                     Some(outage) => {
                         let gap_ms = outage.since.elapsed().as_millis() as u64;
-                        info!(session = %self.session_id, reason = announce.reason, gap_ms, replayed_ms = announce.replayed_ms, upstream = announce.upstream, "reconnected");
+                        info!(session = %self.session_id, reason = announce.reason, gap_ms, replayed_ms = announce.replayed_ms, upstream = announce.upstream, url = announce.url.as_deref().unwrap_or_default(), "reconnected");
                         gap_ms
                     }
                     None => 0,

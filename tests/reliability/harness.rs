@@ -17,20 +17,20 @@ use tokio::task::JoinHandle;
 use crate::util::{self, KEY, Output};
 
 /// How many times faster than real time sttpipe and the emulator run.
-pub(super) const PACE: f64 = 8.0;
+pub(crate) const PACE: f64 = 8.0;
 
 /// Bytes of 16 kHz mono pcm_s16le audio per ms.
-pub(super) const BYTES_PER_MS: usize = 32;
+pub(crate) const BYTES_PER_MS: usize = 32;
 
 /// Bound on waiting for an emulator state or an output that a correct
 /// sttpipe reaches within a few seconds: only a failure waits this long.
-pub(super) const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// The reasons a `reconnect` event may give.
 const REASONS: [&str; 4] = ["dropped", "error", "stalled", "rotation"];
 
 /// `ms` of audio time (or of a protocol timer) as wall time at [`PACE`].
-pub(super) fn wall(ms: u64) -> Duration {
+pub(crate) fn wall(ms: u64) -> Duration {
     Duration::from_millis(ms).div_f64(PACE)
 }
 
@@ -39,7 +39,7 @@ pub(super) fn wall(ms: u64) -> Duration {
 
 /// An emulator with `config`, [`PACE`] times faster whatever `config` says;
 /// shared, so that a controller can change its faults while sttpipe runs.
-pub(super) async fn emulator(config: EmulatorConfig) -> Arc<Emulator> {
+pub(crate) async fn emulator(config: EmulatorConfig) -> Arc<Emulator> {
     Arc::new(
         util::emulator(EmulatorConfig {
             time_scale: PACE,
@@ -51,7 +51,7 @@ pub(super) async fn emulator(config: EmulatorConfig) -> Arc<Emulator> {
 
 /// A controller: runs `inject` on its own handle to `emulator`, to be
 /// passed to [`stream`].
-pub(super) fn control<F>(emulator: &Arc<Emulator>, inject: impl FnOnce(Arc<Emulator>) -> F) -> F
+pub(crate) fn control<F>(emulator: &Arc<Emulator>, inject: impl FnOnce(Arc<Emulator>) -> F) -> F
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -61,7 +61,7 @@ where
 /// A controller for a fault that must fire once: waits until the first
 /// session has ended with `outcome`, then clears the faults, so the next
 /// connection is a healthy one.
-pub(super) fn clear_faults_after(
+pub(crate) fn clear_faults_after(
     emulator: &Arc<Emulator>,
     what: &'static str,
     outcome: Outcome,
@@ -77,7 +77,7 @@ pub(super) fn clear_faults_after(
 
 /// Once the first session streams, faults for what follows: it drops after
 /// `drop_after_ms` of audio and every later connect is refused (503).
-pub(super) async fn drop_then_refuse_after_first_session(emulator: &Emulator, drop_after_ms: u64) {
+pub(crate) async fn drop_then_refuse_after_first_session(emulator: &Emulator, drop_after_ms: u64) {
     util::wait_for(WAIT, "the first session streams", || {
         emulator.session(0).is_some_and(|s| s.audio_ms > 0)
     })
@@ -90,11 +90,11 @@ pub(super) async fn drop_then_refuse_after_first_session(emulator: &Emulator, dr
     });
 }
 
-pub(super) fn outcomes(emulator: &Emulator) -> Vec<Outcome> {
+pub(crate) fn outcomes(emulator: &Emulator) -> Vec<Outcome> {
     emulator.sessions().iter().map(|s| s.outcome).collect()
 }
 
-pub(super) fn count_outcome(emulator: &Emulator, outcome: Outcome) -> usize {
+pub(crate) fn count_outcome(emulator: &Emulator, outcome: Outcome) -> usize {
     emulator
         .sessions()
         .iter()
@@ -103,13 +103,13 @@ pub(super) fn count_outcome(emulator: &Emulator, outcome: Outcome) -> usize {
 }
 
 /// Audio the emulator received over all sessions, ms.
-pub(super) fn total_audio_ms(emulator: &Emulator) -> u64 {
+pub(crate) fn total_audio_ms(emulator: &Emulator) -> u64 {
     emulator.sessions().iter().map(|s| s.audio_ms).sum()
 }
 
 /// The last session's outcome: every stream that completes ends on a
 /// `Finished` one.
-pub(super) fn last_outcome(emulator: &Emulator) -> Outcome {
+pub(crate) fn last_outcome(emulator: &Emulator) -> Outcome {
     emulator
         .sessions()
         .last()
@@ -119,7 +119,7 @@ pub(super) fn last_outcome(emulator: &Emulator) -> Outcome {
 
 /// The reconnects and the sessions' outcomes and audio, for failure
 /// messages.
-pub(super) fn summary(emulator: &Emulator, reconnects: &[Reconnect]) -> String {
+pub(crate) fn summary(emulator: &Emulator, reconnects: &[Reconnect]) -> String {
     format!(
         "reconnects: {reconnects:?}\nsessions: {:?}",
         emulator
@@ -134,12 +134,12 @@ pub(super) fn summary(emulator: &Emulator, reconnects: &[Reconnect]) -> String {
 // Running sttpipe.
 
 /// `sttpipe` pointed at `emulator` with `args`, [`PACE`] times faster.
-pub(super) fn sttpipe(emulator: &Emulator, args: &[&str]) -> Command {
+pub(crate) fn sttpipe(emulator: &Emulator, args: &[&str]) -> Command {
     sttpipe_at(&emulator.url(), args)
 }
 
 /// `sttpipe` pointed at `url` with `args`, [`PACE`] times faster.
-pub(super) fn sttpipe_at(url: &str, args: &[&str]) -> Command {
+pub(crate) fn sttpipe_at(url: &str, args: &[&str]) -> Command {
     let mut command = util::sttpipe(Some(url), Some(KEY));
     command
         .env("STTPIPE_PACE_FACTOR", PACE.to_string())
@@ -148,13 +148,13 @@ pub(super) fn sttpipe_at(url: &str, args: &[&str]) -> Command {
 }
 
 /// `total_ms` of 16 kHz mono audio with a word every 500 ms from 500 ms on.
-pub(super) fn speech(total_ms: u64) -> (Vec<Word>, Vec<u8>) {
+pub(crate) fn speech(total_ms: u64) -> (Vec<Word>, Vec<u8>) {
     util::marker_audio((total_ms / 500 - 1) as usize, 500, total_ms)
 }
 
 /// How the test writes the audio to sttpipe's stdin.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Feed {
+pub(crate) enum Feed {
     /// All at once, as from a file: sttpipe paces it.
     File,
     /// 100 ms chunks at [`PACE`] times real time, as from a microphone: a
@@ -163,22 +163,22 @@ pub(super) enum Feed {
 }
 
 /// One run of the binary, and how late the live input ever fell.
-pub(super) struct Run {
-    pub(super) out: Output,
+pub(crate) struct Run {
+    pub(crate) out: Output,
     /// With [`Feed::Live`]: the most the writer ever fell behind its
     /// schedule, in ms of audio (a reader that stops reading shows here).
-    pub(super) input_lag_ms: u64,
+    pub(crate) input_lag_ms: u64,
 }
 
 /// Runs `command` with `audio` on stdin, to completion (bounded).
-pub(super) async fn run(command: Command, audio: Vec<u8>, feed: Feed) -> Run {
+pub(crate) async fn run(command: Command, audio: Vec<u8>, feed: Feed) -> Run {
     run_with_faults(command, audio, feed, no_controller()).await
 }
 
 /// Runs `command` with `audio` on stdin, to completion (bounded), while
 /// `controller` injects faults; fails if the controller fails or has not
 /// finished when sttpipe exits.
-pub(super) async fn run_with_faults(
+pub(crate) async fn run_with_faults(
     command: Command,
     audio: Vec<u8>,
     feed: Feed,
@@ -216,17 +216,17 @@ pub(super) async fn run_with_faults(
 }
 
 /// A stream that must lose nothing, checked, with its reconnects.
-pub(super) struct Lossless {
-    pub(super) events: Vec<Value>,
-    pub(super) reconnects: Vec<Reconnect>,
+pub(crate) struct Lossless {
+    pub(crate) events: Vec<Value>,
+    pub(crate) reconnects: Vec<Reconnect>,
     /// As [`Run::input_lag_ms`].
-    pub(super) input_lag_ms: u64,
+    pub(crate) input_lag_ms: u64,
 }
 
 /// Streams `total_ms` of speech through sttpipe with `args` against
 /// `emulator` while `controller` injects faults, and checks it as
 /// [`assert_lossless`] does.
-pub(super) async fn lossless(
+pub(crate) async fn lossless(
     emulator: &Emulator,
     total_ms: u64,
     args: &[&str],
@@ -244,7 +244,7 @@ pub(super) async fn lossless(
 }
 
 /// No faults to inject while sttpipe runs: they were all set up before.
-pub(super) fn no_controller() -> std::future::Ready<()> {
+pub(crate) fn no_controller() -> std::future::Ready<()> {
     std::future::ready(())
 }
 
@@ -284,18 +284,18 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The last lines of `text`, for failure messages.
-pub(super) fn tail(text: &str) -> String {
+pub(crate) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// Events of one type.
-pub(super) fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
 
 /// Asserts the words, and says where they first differ.
-pub(super) fn assert_words(got: &[(String, u64)], want: &[(String, u64)]) {
+pub(crate) fn assert_words(got: &[(String, u64)], want: &[(String, u64)]) {
     if got == want {
         return;
     }
@@ -315,7 +315,7 @@ pub(super) fn assert_words(got: &[(String, u64)], want: &[(String, u64)]) {
 }
 
 /// Asserts the last event is `end` with `reason` and `tokens` final tokens.
-pub(super) fn assert_end(events: &[Value], reason: &str, tokens: usize) {
+pub(crate) fn assert_end(events: &[Value], reason: &str, tokens: usize) {
     let end = events.last().expect("no events at all");
     assert_eq!(end["type"], "end", "the last event is not `end`: {end}");
     assert_eq!(end["reason"], reason, "{end}");
@@ -325,7 +325,7 @@ pub(super) fn assert_end(events: &[Value], reason: &str, tokens: usize) {
 /// Asserts a stream that lost nothing: exit 0, every word once, in order,
 /// with its exact `start_ms`; no overrun, no error; `end` last. Returns the
 /// events.
-pub(super) fn assert_lossless(out: &Output, words: &[Word]) -> Vec<Value> {
+pub(crate) fn assert_lossless(out: &Output, words: &[Word]) -> Vec<Value> {
     assert_eq!(
         out.code(),
         Some(0),
@@ -352,19 +352,19 @@ pub(super) fn assert_lossless(out: &Output, words: &[Word]) -> Vec<Value> {
 
 /// One `reconnect` event.
 #[derive(Debug)]
-pub(super) struct Reconnect {
+pub(crate) struct Reconnect {
     /// Its position among all events.
-    pub(super) at: usize,
-    pub(super) reason: String,
-    pub(super) upstream: u64,
-    pub(super) gap_ms: u64,
-    pub(super) replayed_ms: u64,
+    pub(crate) at: usize,
+    pub(crate) reason: String,
+    pub(crate) upstream: u64,
+    pub(crate) gap_ms: u64,
+    pub(crate) replayed_ms: u64,
 }
 
 /// The `reconnect` events, their fields checked: a known reason, a message,
 /// numeric `gap_ms` and `replayed_ms`, and `upstream` indices from 2 on,
 /// rising.
-pub(super) fn reconnects(events: &[Value]) -> Vec<Reconnect> {
+pub(crate) fn reconnects(events: &[Value]) -> Vec<Reconnect> {
     let found: Vec<Reconnect> = events
         .iter()
         .enumerate()
@@ -404,17 +404,17 @@ pub(super) fn reconnects(events: &[Value]) -> Vec<Reconnect> {
     found
 }
 
-pub(super) fn reasons(reconnects: &[Reconnect]) -> Vec<&str> {
+pub(crate) fn reasons(reconnects: &[Reconnect]) -> Vec<&str> {
     reconnects.iter().map(|r| r.reason.as_str()).collect()
 }
 
-pub(super) fn count_reason(reconnects: &[Reconnect], reason: &str) -> usize {
+pub(crate) fn count_reason(reconnects: &[Reconnect], reason: &str) -> usize {
     reconnects.iter().filter(|r| r.reason == reason).count()
 }
 
 /// The `upstream` index of every final token, in output order: each token
 /// has one, from 1 on, and they never go back.
-pub(super) fn token_upstreams(events: &[Value]) -> Vec<u64> {
+pub(crate) fn token_upstreams(events: &[Value]) -> Vec<u64> {
     let upstreams: Vec<u64> = events
         .iter()
         .filter(|e| e["type"] == "token" && e["is_final"] == true)
@@ -435,7 +435,7 @@ pub(super) fn token_upstreams(events: &[Value]) -> Vec<u64> {
 /// Checks the tokens' upstream indices against the reconnect events: some
 /// tokens came from a later upstream session than the first, and tokens from
 /// upstream N > 1 only follow the reconnect event that announced N.
-pub(super) fn assert_upstreams(events: &[Value], reconnects: &[Reconnect]) -> Vec<u64> {
+pub(crate) fn assert_upstreams(events: &[Value], reconnects: &[Reconnect]) -> Vec<u64> {
     let upstreams = token_upstreams(events);
     assert!(
         upstreams.iter().any(|&n| n > 1),
@@ -461,13 +461,13 @@ pub(super) fn assert_upstreams(events: &[Value], reconnects: &[Reconnect]) -> Ve
 // A child read as it runs.
 
 /// Collects a child's stdout events in the background.
-pub(super) struct Collector {
+pub(crate) struct Collector {
     events: Arc<Mutex<Vec<Value>>>,
     task: JoinHandle<()>,
 }
 
 impl Collector {
-    pub(super) fn start(stdout: ChildStdout) -> Collector {
+    pub(crate) fn start(stdout: ChildStdout) -> Collector {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let task = tokio::spawn(async move {
@@ -481,12 +481,12 @@ impl Collector {
         Collector { events, task }
     }
 
-    pub(super) fn final_count(&self) -> usize {
+    pub(crate) fn final_count(&self) -> usize {
         util::final_words(&self.events.lock().unwrap()).len()
     }
 
     /// Every event, once stdout has closed (bounded).
-    pub(super) async fn finish(self) -> Vec<Value> {
+    pub(crate) async fn finish(self) -> Vec<Value> {
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("stdout closes")
@@ -499,7 +499,7 @@ impl Collector {
 }
 
 /// Reads a child's stderr in the background so it never blocks.
-pub(super) fn drain_stderr(child: &mut tokio::process::Child) -> JoinHandle<String> {
+pub(crate) fn drain_stderr(child: &mut tokio::process::Child) -> JoinHandle<String> {
     let mut stderr = child.stderr.take().expect("stderr piped");
     tokio::spawn(async move {
         let mut text = String::new();

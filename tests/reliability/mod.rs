@@ -31,7 +31,7 @@
 //! injects faults, and the checks (every word once with its exact
 //! `start_ms`; reconnect events and the tokens' upstream indices agreeing).
 
-mod harness;
+pub(crate) mod harness;
 
 mod breaks;
 mod local_io;

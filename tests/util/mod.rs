@@ -245,6 +245,12 @@ impl WsDaemon {
     pub async fn status(&self) -> Value {
         daemon_status(&self.socket).await
     }
+
+    /// Kills it with SIGKILL: no drain, no goodbye to its clients.
+    pub fn kill(&mut self) {
+        // Already gone is fine: it is gone either way.
+        let _ = self._child.start_kill();
+    }
 }
 
 /// The daemon's `status` answer on `socket`.

@@ -104,6 +104,10 @@ struct ServeArgs {
     /// Fault: go half-open (silent, pings unanswered) after this much audio (ms).
     #[arg(long, value_name = "MS")]
     stall_after_audio_ms: Option<u64>,
+    /// Act as a gateway queueing each session for SECS after its start
+    /// request (sttpipe's queued frames), then recognise its audio.
+    #[arg(long, value_name = "SECS")]
+    queue_first: Option<f64>,
     /// Fault: reject the first sessions with these codes, in order (e.g. 503,429).
     #[arg(long, value_name = "CODES", value_delimiter = ',')]
     reject_connects: Vec<u16>,
@@ -262,6 +266,10 @@ fn serve(args: ServeArgs) -> std::io::Result<()> {
         tls,
         // Timestamps are for benchmarks in the emulator's own process.
         probe: None,
+        queue_first: args
+            .queue_first
+            .filter(|secs| secs.is_finite() && *secs > 0.0)
+            .map(Duration::from_secs_f64),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

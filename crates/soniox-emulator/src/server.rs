@@ -127,7 +127,19 @@ pub struct EmulatorConfig {
     /// and final token as it happens (see [`Probe`]). Default `None`, which
     /// costs nothing.
     pub probe: Option<Probe>,
+    /// Act as a gateway (`sttpipe serve`) whose session waits for an
+    /// upstream slot: for this long (wall time, scaled by `time_scale`)
+    /// after the start request, send sttpipe's queued frames
+    /// (`soniox_wire::extension`) at position 2 then 1, on each change and
+    /// every [`QUEUED_HEARTBEAT`] (scaled), holding the audio that arrives;
+    /// then recognise it all as usual. Not Soniox's behaviour: default
+    /// `None`.
+    pub queue_first: Option<Duration>,
 }
+
+/// How often a gateway repeats its queued frame while a session waits (see
+/// [`EmulatorConfig::queue_first`]); sttpipe's gateway does the same.
+pub const QUEUED_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// A hook that sees a session's audio frames and final tokens with the
 /// [`Instant`](std::time::Instant) they were handled, so a benchmark in the
@@ -278,6 +290,7 @@ impl Default for EmulatorConfig {
             time_scale: 1.0,
             tls: None,
             probe: None,
+            queue_first: None,
         }
     }
 }

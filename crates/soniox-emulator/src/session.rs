@@ -9,6 +9,10 @@
 //! starts or the fault knobs change. A configured [`Probe`] is called inline,
 //! per audio frame and per final token; without one, nothing is.
 //!
+//! With `queue_first` set, the emulator acts as an sttpipe gateway that
+//! holds each session in its queue for a while (queued frames, the audio
+//! held) before recognising it; Soniox itself never does.
+//!
 //! [`Probe`]: super::Probe
 
 use std::pin::Pin;
@@ -343,8 +347,32 @@ impl Session {
         clock.last_activity = Instant::now();
         io.sleep.as_mut().reset(self.due(&clock).0);
 
-        // Phase 3: stream.
-        match self.stream(&mut io, &mut clock, recognizer).await {
+        // Phase 3 (a gateway's, on request): queued, the audio held.
+        let mut recognizer = recognizer;
+        let held = match self.shared.config.queue_first {
+            Some(wait) => match self.queued(&mut io, &mut clock, wait).await {
+                Ok(held) => held,
+                Err(stop) => return self.stopped(io, stop).await,
+            },
+            None => Vec::new(),
+        };
+        for msg in held {
+            if let Some(stop) = self
+                .dispatch(&mut io, &mut clock, &mut recognizer, msg)
+                .await
+            {
+                return self.stopped(io, stop).await;
+            }
+        }
+
+        // Phase 4: stream.
+        let stop = self.stream(&mut io, &mut clock, recognizer).await;
+        self.stopped(io, stop).await;
+    }
+
+    /// Ends the connection as the streaming phase's end says.
+    async fn stopped<S: Conn>(&mut self, io: Io<S>, stop: Stop) {
+        match stop {
             Stop::Done => {}
             Stop::Drop => {
                 self.release_stream();
@@ -426,6 +454,92 @@ impl Session {
         Ok(Recognizer::new(settings, start))
     }
 
+    /// A gateway's queue: queued frames for `wait` (scaled), the client's
+    /// audio and control messages held for after it. `Err` ends the
+    /// connection (the client left, the emulator stops).
+    async fn queued<S: Conn>(
+        &mut self,
+        io: &mut Io<S>,
+        clock: &mut Clock,
+        wait: Duration,
+    ) -> Result<Vec<Message>, Stop> {
+        let began = Instant::now();
+        let until = began + self.scaled(wait);
+        let heartbeat = self.scaled(crate::server::QUEUED_HEARTBEAT);
+        // Position 2 for the first half of the wait, 1 for the second.
+        let mid = began + (until - began) / 2;
+        let mut sent: Option<(u64, Instant)> = None;
+        let mut held = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(held);
+            }
+            let at = if now < mid { 2 } else { 1 };
+            if sent.is_none_or(|(p, t)| p != at || now >= t + heartbeat) {
+                self.send(io, soniox_wire::extension::queued_frame(at))
+                    .await?;
+                sent = Some((at, now));
+            }
+            let mut next = until;
+            if let Some((_, t)) = sent {
+                next = next.min(t + heartbeat);
+            }
+            if now < mid {
+                next = next.min(mid);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                m = io.ws.next() => match m {
+                    Some(Ok(Message::Close(_))) => {
+                        self.client_closed(io).await;
+                        return Err(Stop::Done);
+                    }
+                    Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
+                        clock.last_activity = Instant::now();
+                        held.push(msg);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        self.set_outcome(Outcome::ClientClosed);
+                        return Err(Stop::Done);
+                    }
+                },
+                _ = &mut io.cancelled => {
+                    self.shut_down(io).await;
+                    return Err(Stop::Done);
+                }
+            }
+        }
+    }
+
+    /// Handles one message of the streaming phase; `Some` ends it.
+    async fn dispatch<S: Conn>(
+        &mut self,
+        io: &mut Io<S>,
+        clock: &mut Clock,
+        rec: &mut Recognizer,
+        msg: Message,
+    ) -> Option<Stop> {
+        match msg {
+            Message::Binary(data) if !data.is_empty() => {
+                self.audio(io, clock, rec, &data).await.err()
+            }
+            Message::Text(t) if !t.is_empty() => self.control(io, clock, rec, &t).await.err(),
+            // An empty frame, text or binary, ends the audio.
+            Message::Binary(_) | Message::Text(_) => {
+                self.finish(io, rec).await;
+                Some(Stop::Done)
+            }
+            Message::Close(_) => {
+                self.client_closed(io).await;
+                Some(Stop::Done)
+            }
+            // Pings are answered by tungstenite on the next read.
+            _ => None,
+        }
+    }
+
     /// The streaming phase: audio, control messages and timers.
     async fn stream<S: Conn>(
         &mut self,
@@ -459,28 +573,8 @@ impl Session {
                     return Stop::Done;
                 }
             };
-            match msg {
-                Message::Binary(data) if !data.is_empty() => {
-                    if let Err(stop) = self.audio(io, clock, &mut rec, &data).await {
-                        return stop;
-                    }
-                }
-                Message::Text(t) if !t.is_empty() => {
-                    if let Err(stop) = self.control(io, clock, &mut rec, &t).await {
-                        return stop;
-                    }
-                }
-                // An empty frame, text or binary, ends the audio.
-                Message::Binary(_) | Message::Text(_) => {
-                    self.finish(io, &mut rec).await;
-                    return Stop::Done;
-                }
-                Message::Close(_) => {
-                    self.client_closed(io).await;
-                    return Stop::Done;
-                }
-                // Pings are answered by tungstenite on the next read.
-                _ => {}
+            if let Some(stop) = self.dispatch(io, clock, &mut rec, msg).await {
+                return stop;
             }
         }
     }

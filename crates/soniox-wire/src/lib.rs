@@ -8,6 +8,7 @@
 //! | [`StartRequest`] | sttpipe's Soniox engine | the emulator, sttpipe's WebSocket endpoint |
 //! | [`Response`] with its [`Token`]s | the emulator, sttpipe's WebSocket endpoint | sttpipe's Soniox engine |
 //! | [`ErrorFrame`] / [`ApiError`] | the emulator, sttpipe's WebSocket endpoint | sttpipe's Soniox engine |
+//! | [`extension::queued_frame`] (sttpipe's own) | sttpipe's WebSocket endpoint, the emulator on request | sttpipe's Soniox engine |
 //!
 //! Readers check JSON shapes only, with Soniox's own messages for a
 //! malformed request ([`fields`]); what each server then does with the
@@ -18,6 +19,7 @@
 //! ([`format`](mod@format)).
 
 pub mod error;
+pub mod extension;
 pub mod fields;
 pub mod format;
 pub mod response;

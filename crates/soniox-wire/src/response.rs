@@ -79,9 +79,22 @@ pub struct ServerMessage {
     error_code: Option<u16>,
     error_type: Option<String>,
     error_message: Option<String>,
+    /// sttpipe's extension ([`crate::extension`]), from a gateway; read
+    /// leniently, since Soniox clients ignore it whatever it holds.
+    #[serde(default)]
+    sttpipe: Option<serde_json::Value>,
 }
 
 impl ServerMessage {
+    /// The queue position a gateway reports, if this is its queued frame.
+    pub fn queued_position(&self) -> Option<u64> {
+        self.sttpipe
+            .as_ref()?
+            .get("queued")?
+            .get("position")?
+            .as_u64()
+    }
+
     /// The response, or the error the frame carries.
     pub fn into_result(self) -> Result<Response, ApiError> {
         if self.error_code.is_none() && self.error_message.is_none() {

@@ -283,6 +283,7 @@ impl LocalEngine {
         Ok(EngineLink {
             commands: commands_tx,
             events: events_rx,
+            url: None,
         })
     }
 

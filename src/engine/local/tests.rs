@@ -249,6 +249,7 @@ async fn run(engine: &LocalEngine, pcm: &[i16], rate: u32, finalize_after: Optio
             EngineEvent::Update(update) => (update, false),
             EngineEvent::Finished(update) => (update, true),
             EngineEvent::Failed(err) => panic!("the session failed: {err}"),
+            EngineEvent::Queued(_) => panic!("the local engine has no queue"),
         };
         assert!(
             update.final_audio_proc_ms >= last_final_ms,

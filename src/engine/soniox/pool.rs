@@ -38,14 +38,14 @@ pub(super) struct WarmPool {
     /// connections, grown back by one every [`POOL_REGROW`] without one.
     pub(super) cap: Mutex<(usize, Instant)>,
     pub(super) room: PoolRoom,
-    /// Oldest first, with the time each was opened.
-    pub(super) idle: Mutex<VecDeque<(Instant, Socket)>>,
+    /// Oldest first, with the time each was opened and its URL's index.
+    pub(super) idle: Mutex<VecDeque<(Instant, usize, Socket)>>,
     /// A connection was taken, or the pool shrank: see to it now.
     pub(super) wanted: Notify,
 }
 
 impl WarmPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Socket)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, usize, Socket)>> {
         // Plain pushes and pops: a panic cannot leave the queue half-done.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -76,7 +76,7 @@ impl WarmPool {
             cap.0
         };
         let oldest = self.lock().pop_front();
-        if let Some((_, mut socket)) = oldest {
+        if let Some((_, _, mut socket)) = oldest {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
             });
@@ -88,15 +88,15 @@ impl WarmPool {
         self.wanted.notify_one();
     }
 
-    /// The newest connection young enough to use.
-    pub(super) fn take(&self) -> Option<Socket> {
+    /// The newest connection young enough to use, with its URL's index.
+    pub(super) fn take(&self) -> Option<(usize, Socket)> {
         let taken = {
             let mut idle = self.lock();
-            idle.retain(|(opened, _)| opened.elapsed() < WARM_MAX_AGE);
+            idle.retain(|(opened, _, _)| opened.elapsed() < WARM_MAX_AGE);
             idle.pop_back()
         };
         self.wanted.notify_one();
-        taken.map(|(_, socket)| socket)
+        taken.map(|(_, index, socket)| (index, socket))
     }
 }
 
@@ -117,7 +117,7 @@ pub(super) async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEng
                 rate.take().await;
             }
             match engine.connect().await {
-                Ok(socket) => strong.lock().push_back((Instant::now(), socket)),
+                Ok((socket, index)) => strong.lock().push_back((Instant::now(), index, socket)),
                 Err(err) => {
                     debug!(error = %err, "warm pool: connect failed");
                     break;
@@ -127,10 +127,10 @@ pub(super) async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEng
         // Keepalives on the idle connections: the service may send one
         // before the start request (the Python SDK's preconnect does).
         // Past the room (more sessions stream now), the oldest go.
-        let idle: Vec<(Instant, Socket)> = strong.lock().drain(..).collect();
+        let idle: Vec<(Instant, usize, Socket)> = strong.lock().drain(..).collect();
         let surplus = idle.len().saturating_sub(target);
         let mut alive = Vec::with_capacity(idle.len());
-        for (i, (opened, mut socket)) in idle.into_iter().enumerate() {
+        for (i, (opened, index, mut socket)) in idle.into_iter().enumerate() {
             let young = opened.elapsed() < WARM_MAX_AGE;
             let usable = match engine.check_idle(&mut socket) {
                 Ok(()) => true,
@@ -149,7 +149,7 @@ pub(super) async fn keep_warm(pool: std::sync::Weak<WarmPool>, engine: SonioxEng
                     .await
                     .is_ok()
             {
-                alive.push((opened, socket));
+                alive.push((opened, index, socket));
             } else {
                 let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
             }
