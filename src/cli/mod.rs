@@ -8,6 +8,7 @@
 //! [`ReliabilityArgs`]; and [`ServeArgs`], which are also the keys of the
 //! daemon's settings file.
 
+pub(crate) mod engine;
 pub(crate) mod groups;
 pub(crate) mod session_args;
 pub(crate) mod values;
@@ -189,6 +190,9 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Print the daemon's status as JSON: sessions, queue, upstream usage.
     Status(StatusArgs),
+    /// Install the local engine (sttpipe engine install), or list what is
+    /// installed and where.
+    Engine(engine::EngineArgs),
 }
 
 /// `sttpipe serve`. Its long flags are also the keys of the settings file
