@@ -25,7 +25,7 @@
 //!   next to much of it came out slower than the machine is.
 //!
 //! The engine's files are found where `--engine local` finds them by default
-//! (`scripts/fetch-local-engine` puts them there); without them the bench
+//! (`sttpipe engine install` puts them there); without them the bench
 //! says how to provision them and exits 0. It prints figures and asserts
 //! nothing about speed.
 
@@ -36,7 +36,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
-// The tests' metric and the fetch script's default directory.
+// The tests' metric and the installer's default directory.
 #[path = "../tests/util/engine_dir.rs"]
 mod engine_dir;
 #[path = "../tests/util/wer.rs"]
@@ -45,8 +45,8 @@ mod wer;
 use engine_dir::default_engine_dir as default_dir;
 use wer::word_error_rate;
 
-/// The provisioning command.
-const FETCH_COMMAND: &str = "scripts/fetch-local-engine";
+/// The installing command.
+const INSTALL_COMMAND: &str = "sttpipe engine install";
 
 use common::{MachineCpu, gnu_time_available};
 
@@ -69,7 +69,7 @@ fn main() {
         .unwrap_or(3);
     let Some(dir) = default_dir().filter(|d| d.join("lib").is_dir()) else {
         println!(
-            "the local engine is not provisioned: run {FETCH_COMMAND} (and {FETCH_COMMAND} --model base-en for base-en)"
+            "the local engine is not provisioned: run {INSTALL_COMMAND} (and {INSTALL_COMMAND} base-en for base-en)"
         );
         return;
     };
@@ -88,7 +88,7 @@ fn main() {
             models.push(model);
         } else {
             println!(
-                "{model} is not provisioned in {}: skipped ({FETCH_COMMAND} --model {model} provisions it)",
+                "{model} is not provisioned in {}: skipped ({INSTALL_COMMAND} {model} provisions it)",
                 dir.display()
             );
         }

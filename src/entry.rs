@@ -80,6 +80,7 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Some(Command::Engine(engine)) => crate::engine::install::main(engine),
         None => {
             logging::init(opts.verbose);
             let text = opts.format == crate::cli::values::OutputFormat::Text;

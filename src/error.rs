@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub(crate) const EXIT_OK: u8 = 0;
 /// Bad flags or arguments (EX_USAGE).
 pub(crate) const EXIT_USAGE: u8 = 64;
-/// Input data unusable: a bad WAV header, audio the service cannot decode (EX_DATAERR).
+/// Input data unusable: a bad WAV header, audio the service cannot decode,
+/// a download that is not the file pinned (EX_DATAERR).
 pub(crate) const EXIT_DATAERR: u8 = 65;
 /// Input file or FIFO missing or unreadable (EX_NOINPUT).
 pub(crate) const EXIT_NOINPUT: u8 = 66;
@@ -19,7 +20,7 @@ pub(crate) const EXIT_NOINPUT: u8 = 66;
 pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 /// A bug in sttpipe (EX_SOFTWARE).
 pub(crate) const EXIT_SOFTWARE: u8 = 70;
-/// Writing the output failed (EX_IOERR).
+/// Writing the output failed, or the engine's files (EX_IOERR).
 pub(crate) const EXIT_IOERR: u8 = 74;
 /// A temporary failure worth retrying: timeouts, rate limits, 5xx (EX_TEMPFAIL).
 pub(crate) const EXIT_TEMPFAIL: u8 = 75;
@@ -111,6 +112,12 @@ pub(crate) enum Error {
         /// The event's `exit_code`.
         exit_code: u8,
     },
+    /// A download is not the file pinned (`sttpipe engine install`).
+    #[error("{0}")]
+    Checksum(String),
+    /// Creating, writing or renaming files failed (`sttpipe engine install`).
+    #[error("{0}")]
+    Files(String),
     /// An invariant broke: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -160,6 +167,10 @@ impl Error {
             Error::Forbidden(_) => EXIT_NOPERM,
             Error::Busy(_) => EXIT_TEMPFAIL,
             Error::Remote { exit_code, .. } => *exit_code,
+            // The bytes a server sent are not the pinned ones; a retry gets
+            // the same bytes from the same mirror or proxy.
+            Error::Checksum(_) => EXIT_DATAERR,
+            Error::Files(_) => EXIT_IOERR,
             Error::Internal(_) => EXIT_SOFTWARE,
         }
     }
@@ -182,6 +193,8 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::Busy(_) => "busy",
             Error::Remote { .. } => "remote",
+            Error::Checksum(_) => "checksum",
+            Error::Files(_) => "files",
             Error::Internal(_) => "internal",
         }
     }

@@ -8,13 +8,10 @@ use std::process::Command;
 
 use crate::util;
 
-/// Subcommands the README already shows that land with branches not merged
-/// yet; their lines are not checked further. The lead empties this list at
-/// the merge.
-const UNMERGED: &[(&str, &str)] = &[
-    // `sttpipe engine install [MODEL] [--dir DIR]`, `sttpipe engine list`.
-    ("engine", "lands with branch engine"),
-];
+/// Subcommands a README line may name before they exist (a feature being
+/// written on a branch), with why; their lines are not checked further.
+/// Empty on main: every subcommand the README names must exist.
+const UNMERGED: &[(&str, &str)] = &[];
 
 /// What one command's `--help` says: its flags and whether each takes a
 /// value, and its subcommands.

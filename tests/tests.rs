@@ -31,6 +31,8 @@ mod browser;
 mod sdk;
 // The offline engine on real speech.
 mod local;
+// `sttpipe engine install|list` against a wheel server on loopback.
+mod engine_install;
 // The Wyoming front end, through the official wyoming package's client.
 mod wyoming;
 // Media files and FILE operands: every decoded format, one timeline, `-`.

@@ -79,8 +79,13 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
 /// Where the local engine's files are, and which model it runs.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub(crate) struct LocalEngineArgs {
-    /// Where the local engine's files are [default: the fetch script's
-    /// cache directory].
+    /// The local engine's directory, as `sttpipe engine install --dir`
+    /// made it [default: ~/.local/share/sttpipe].
+    ///
+    /// Without it: $STTPIPE_MODEL_DIR, then $STATE_DIRECTORY (the daemon's
+    /// under systemd), then ~/.local/share/sttpipe ($XDG_DATA_HOME/sttpipe)
+    /// or /var/lib/sttpipe, whichever holds the engine; `sttpipe engine
+    /// list` shows which.
     #[arg(long, value_name = "DIR", help_heading = "Engine")]
     pub(crate) model_dir: Option<PathBuf>,
 

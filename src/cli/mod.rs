@@ -8,6 +8,7 @@
 //! [`ReliabilityArgs`]; and [`ServeArgs`], which are also the keys of the
 //! daemon's settings file.
 
+pub(crate) mod engine;
 pub(crate) mod groups;
 pub(crate) mod session_args;
 pub(crate) mod values;
@@ -53,6 +54,15 @@ pub(crate) const DEFAULT_CUE_PAUSE: Seconds = Seconds::from_millis(1200);
 /// The reading speed a cue is held for, characters a second.
 pub(crate) const DEFAULT_CUE_READING_SPEED: u32 = 17;
 
+/// The examples after the flags: one command a line, short enough not to
+/// wrap at 80 columns.
+const EXAMPLES: &str = "\
+Examples:
+  sttpipe --format text talk.mp3
+  sttpipe --format srt talk.mp4 > talk.srt
+Offline, no key (once: sttpipe engine install):
+  sttpipe --engine local --format text talk.mp3";
+
 /// Streaming speech-to-text as a Unix filter, for the Soniox real-time API.
 ///
 /// Reads audio from FILEs (one after another, on one timeline), or stdin,
@@ -64,8 +74,6 @@ pub(crate) const DEFAULT_CUE_READING_SPEED: u32 = 17;
 /// decodes, and writes the transcript to stdout as NDJSON, one event a line,
 /// flushed as it arrives.
 ///
-/// Example: sttpipe --format text talk.mp3
-///
 /// The API key comes from SONIOX_API_KEY, --api-key-file, or
 /// $CREDENTIALS_DIRECTORY/soniox-api-key; never from the command line.
 /// See sttpipe(1) for the output schema and exit statuses.
@@ -74,7 +82,8 @@ pub(crate) const DEFAULT_CUE_READING_SPEED: u32 = 17;
     name = "sttpipe",
     version,
     max_term_width = 100,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 pub(crate) struct Opts {
     /// Run as a daemon, or ask one for its status (without: the filter).
@@ -193,6 +202,9 @@ pub(crate) enum Command {
     /// Print a shell completion script on stdout, e.g.
     /// `sttpipe completions bash > /etc/bash_completion.d/sttpipe`.
     Completions(CompletionsArgs),
+    /// Install the local engine (sttpipe engine install), or list what is
+    /// installed and where.
+    Engine(engine::EngineArgs),
 }
 
 /// `sttpipe completions`.
@@ -301,40 +313,71 @@ pub(crate) struct ServeArgs {
 
     /// On SIGTERM, wait at most SECS for the sessions' final tokens; keep it
     /// below the unit's TimeoutStopSec.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DAEMON_DRAIN)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_DAEMON_DRAIN,
+        help_heading = "Reliability"
+    )]
     pub(crate) drain_timeout: Seconds,
 
     /// A client must send its header line within SECS.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_HEADER_TIMEOUT,
+        help_heading = "Reliability"
+    )]
     pub(crate) header_timeout: Seconds,
 
     /// A socket client must send its first audio within SECS of being
     /// admitted; else it gets an error and its slot goes to the next
     /// client. 0 waits for ever.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_FIRST_AUDIO_TIMEOUT)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_FIRST_AUDIO_TIMEOUT,
+        help_heading = "Reliability"
+    )]
     pub(crate) first_audio_timeout: Seconds,
 
     /// Close a client's upstream session after SECS without audio (Soniox
     /// bills idle time) and give its slot to the next waiting client; the
     /// session asks again, in turn, when its audio returns. 0 keeps both.
-    #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_IDLE_CLOSE)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = groups::DEFAULT_IDLE_CLOSE,
+        help_heading = "Reliability"
+    )]
     pub(crate) idle_close: Seconds,
 
     /// A client's session gives up reconnecting after SECS without a
     /// working upstream session; time queued again after Soniox refused a
     /// start (429) does not count.
-    #[arg(long, value_name = "SECS", default_value_t = groups::DEFAULT_RETRY_BUDGET)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = groups::DEFAULT_RETRY_BUDGET,
+        help_heading = "Reliability"
+    )]
     pub(crate) retry_budget: Seconds,
 
     /// The engine for sessions that do not ask for one: the Soniox service,
     /// or Moonshine on this machine, loaded at start; with local, no API key
     /// is needed.
-    #[arg(long, value_enum, value_name = "ENGINE", default_value_t = EngineChoice::Soniox)]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENGINE",
+        default_value_t = EngineChoice::Soniox,
+        help_heading = "Engine"
+    )]
     pub(crate) engine: EngineChoice,
 
     /// When Soniox cannot be reached or fails for good, sessions go on with
     /// the local engine (loaded at start).
-    #[arg(long, value_enum, value_name = "ENGINE")]
+    #[arg(long, value_enum, value_name = "ENGINE", help_heading = "Engine")]
     pub(crate) fallback: Option<FallbackChoice>,
 
     #[command(flatten)]

@@ -152,8 +152,8 @@ pub(crate) struct SessionArgs {
     pub(crate) start_field: Vec<StartField>,
 
     /// The recognition engine: the Soniox service, or Moonshine on this
-    /// machine (no key, no network; provision it with
-    /// scripts/fetch-local-engine). With --connect, asks the daemon for it
+    /// machine (no key, no network; install it once with `sttpipe engine
+    /// install`). With --connect, asks the daemon for it
     /// [default: soniox; with --connect, the daemon's].
     #[arg(long, value_enum, value_name = "ENGINE", help_heading = "Engine")]
     pub(crate) engine: Option<EngineChoice>,

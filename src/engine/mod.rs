@@ -14,6 +14,7 @@
 //! machine. Unit tests have a third, `scripted`: upstream sessions that
 //! follow a script, for the session core.
 
+pub(crate) mod install;
 pub(crate) mod local;
 pub(crate) mod quota;
 pub(crate) mod rate;

@@ -14,7 +14,7 @@ fn engine_provisioned() -> bool {
     let dir = util::engine_dir::default_engine_dir();
     let present = dir.as_ref().is_some_and(|d| d.join("lib").exists());
     if !present && std::env::var_os("STTPIPE_REQUIRE_LOCAL_ENGINE").is_some() {
-        panic!("the local engine is not provisioned in {dir:?}: run scripts/fetch-local-engine");
+        panic!("the local engine is not provisioned in {dir:?}: run sttpipe engine install");
     }
     if !present {
         eprintln!("local engine not provisioned: skipped (scripts/test provisions it)");

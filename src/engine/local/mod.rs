@@ -5,8 +5,8 @@
 //! # Why run-time loading
 //!
 //! sherpa-onnx ships as a PyPI wheel holding `libsherpa-onnx-c-api.so` and
-//! `libonnxruntime.so`; `scripts/fetch-local-engine` installs them, the
-//! models and the VAD into a cache directory. The `sherpa-onnx` crate would
+//! `libonnxruntime.so`; `sttpipe engine install` ([`crate::engine::install`])
+//! installs them, the models and the VAD into the engine directory. The `sherpa-onnx` crate would
 //! link against that library at build time (its build script downloads from
 //! GitHub otherwise), so the engine could only be an optional cargo feature
 //! built on a provisioned machine. Loading the library with `libloading`
@@ -16,7 +16,7 @@
 //!
 //! The price is hand-written `#[repr(C)]` declarations of the C API's
 //! configuration structs, which sherpa-onnx changes between releases. That
-//! risk is contained four ways: the fetch script pins the wheel by sha256
+//! risk is contained four ways: the installer pins the wheel by sha256
 //! (and every installed file too), so the library is exactly 2.0.1; the
 //! engine refuses any library whose `SherpaOnnxGetVersionStr()` is not
 //! [`SHERPA_ONNX_VERSION`]; the structs are transcribed field by field from
@@ -31,17 +31,18 @@
 //!
 //! # Files
 //!
-//! [`LocalEngine::new`] looks in `$XDG_CACHE_HOME/sttpipe/local-engine/1/`
-//! (`~/.cache/…` without `XDG_CACHE_HOME`; `1` is [`LAYOUT_VERSION`]) or in
-//! the directory it is given, for:
+//! [`LocalEngine::new`] finds the engine directory as [`place`] says
+//! (`--model-dir`, `STTPIPE_MODEL_DIR`, `STATE_DIRECTORY`,
+//! `~/.local/share/sttpipe`, `/var/lib/sttpipe`) and looks in its layout
+//! directory, `local-engine/1/` (`1` is [`place::LAYOUT_VERSION`]), for:
 //!
 //! ```text
 //! lib/libsherpa-onnx-c-api.so  lib/libonnxruntime.so  silero_vad.onnx
 //! moonshine-tiny-en/{encoder_model.ort,decoder_model_merged.ort,tokens.txt}
-//! moonshine-base-en/…          (scripts/fetch-local-engine --model base-en)
+//! moonshine-base-en/…          (sttpipe engine install base-en)
 //! ```
 //!
-//! Missing files are an [`Error::Config`] naming the command that provisions
+//! Missing files are an [`Error::Config`] naming the command that installs
 //! them. The library and the model are loaded on the first
 //! [`LocalEngine::open`] (or [`LocalEngine::preload`]), once per engine, and
 //! shared by its sessions; decoding is serialised between sessions (each
@@ -98,9 +99,9 @@
 //!
 //! # Source files
 //!
-//! This one is the engine's front: [`LocalEngine`], the provisioned files
-//! and their checks, the format and option checks, and the constants that
-//! fix the engine's behaviour. [`ffi`] declares the C API and pins its
+//! This one is the engine's front: [`LocalEngine`], the check of its files,
+//! the format and option checks, and the constants that fix the engine's
+//! behaviour. [`place`] finds the files; [`ffi`] declares the C API and pins its
 //! layout; [`runtime`] loads the library and wraps the recognizer and the
 //! VAD in safe methods, with every `unsafe` block of the engine and its
 //! `SAFETY:` argument; [`worker`] is a session's thread; [`dsp`] is the
@@ -110,6 +111,7 @@
 
 mod dsp;
 mod ffi;
+pub(crate) mod place;
 mod runtime;
 mod worker;
 
@@ -126,14 +128,12 @@ use crate::audio::resample::To16k;
 use crate::cli::values::LocalModel;
 use crate::config::{LocalEngineConfig, RecognitionOptions};
 use crate::error::{Error, Result};
+use place::{Place, Source, required_files};
 use runtime::{Runtime, Vad};
 use worker::Worker;
 
-/// The provisioning command, named in every "files missing" error.
-pub(crate) const FETCH_COMMAND: &str = "scripts/fetch-local-engine";
-/// The layout version: the cache directory's last component. The fetch
-/// script has the same number; both change whenever a pinned file does.
-pub(crate) const LAYOUT_VERSION: &str = "1";
+/// The installing command, named in every "files missing" error.
+pub(crate) const INSTALL_COMMAND: &str = "sttpipe engine install";
 /// The sherpa-onnx release whose C structs [`ffi`] declares.
 pub(crate) const SHERPA_ONNX_VERSION: &str = "2.0.1";
 /// The rate the VAD and Moonshine work at.
@@ -156,39 +156,13 @@ const VAD_BUFFER_S: f32 = 90.0;
 /// windows and the minimum speech (sherpa-onnx's rule).
 const ONSET_LOOKBACK: u64 = 2 * VAD_WINDOW as u64 + (VAD_MIN_SPEECH_S * 16_000.0) as u64;
 
-/// The directory of a model's files inside the engine directory.
-fn model_dir_name(model: LocalModel) -> &'static str {
-    match model {
-        LocalModel::TinyEn => "moonshine-tiny-en",
-        LocalModel::BaseEn => "moonshine-base-en",
-    }
-}
-
-/// The default engine directory:
-/// `${XDG_CACHE_HOME:-$HOME/.cache}/sttpipe/local-engine/<LAYOUT_VERSION>`,
-/// as the fetch script computes it. `None` without either variable.
-pub(crate) fn default_dir() -> Option<PathBuf> {
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => match std::env::var_os("HOME") {
-            Some(home) if !home.is_empty() => PathBuf::from(home).join(".cache"),
-            _ => return None,
-        },
-    };
-    Some(
-        cache
-            .join("sttpipe")
-            .join("local-engine")
-            .join(LAYOUT_VERSION),
-    )
-}
-
 /// The offline engine: opens sessions that decode on this machine.
 #[derive(Clone)]
 pub(crate) struct LocalEngine {
+    /// The engine directory.
+    place: Place,
+    /// Its layout directory, where the files are.
     dir: PathBuf,
-    /// Whether `dir` is the default, for the hint in errors.
-    default_dir: bool,
     model: LocalModel,
     partials: bool,
     /// The library and the recognizer, loaded on first use.
@@ -207,25 +181,22 @@ impl std::fmt::Debug for LocalEngine {
 }
 
 impl LocalEngine {
-    /// The engine `config` describes: its directory (the one
-    /// `scripts/fetch-local-engine` prints, or [`default_dir`]) and model,
-    /// partials on. Checks that the files are there; loads nothing yet.
+    /// The engine `config` describes: its directory (`--model-dir`, or
+    /// found as [`place`] says) and model, partials on. Checks that the
+    /// files are there; loads nothing yet.
     pub(crate) fn new(config: &LocalEngineConfig) -> Result<LocalEngine> {
-        let (dir, default_dir) = match &config.model_dir {
-            Some(dir) => (dir.clone(), false),
-            None => match default_dir() {
-                Some(dir) => (dir, true),
-                None => {
-                    return Err(Error::Config(format!(
-                        "no cache directory for the local engine (neither XDG_CACHE_HOME nor HOME \
-                         is set): run {FETCH_COMMAND} --dest DIR and give DIR as the model directory"
-                    )));
-                }
-            },
+        let env = |name: &str| std::env::var(name).ok();
+        let Some(place) = place::lookup(config.model_dir.as_deref(), config.model, &env) else {
+            return Err(Error::Config(format!(
+                "no directory for the local engine (none of --model-dir, {}, STATE_DIRECTORY, \
+                 XDG_DATA_HOME, HOME is set): run {INSTALL_COMMAND} --dir DIR and give DIR \
+                 as --model-dir",
+                place::DIR_VARIABLE
+            )));
         };
         let engine = LocalEngine {
-            dir,
-            default_dir,
+            dir: place.layout_dir(),
+            place,
             model: config.model,
             partials: true,
             runtime: Arc::new(OnceCell::new()),
@@ -241,7 +212,7 @@ impl LocalEngine {
         self
     }
 
-    /// The engine's directory.
+    /// The engine's directory (its layout directory: where the files are).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -303,22 +274,22 @@ impl LocalEngine {
         Ok(runtime.clone())
     }
 
-    /// The fetch command that provisions what this engine needs.
+    /// The command that installs what this engine needs.
     fn fetch_hint(&self) -> String {
-        let mut hint = FETCH_COMMAND.to_owned();
+        let mut hint = INSTALL_COMMAND.to_owned();
         if self.model != LocalModel::TinyEn {
-            hint.push_str(" --model ");
+            hint.push(' ');
             hint.push_str(self.model.name());
         }
-        if !self.default_dir {
-            hint.push_str(&format!(" --dest {}", self.dir.display()));
+        if self.place.source != Source::User {
+            hint.push_str(&format!(" --dir {}", self.place.root.display()));
         }
         hint
     }
 
     fn check_files(&self) -> Result<()> {
         // A directory that is there but cannot be read is not a missing
-        // install: say so, not "run the fetch script".
+        // install: say so, not "run the installer".
         if let Err(err) = std::fs::read_dir(&self.dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
@@ -345,23 +316,6 @@ impl LocalEngine {
             self.fetch_hint()
         )))
     }
-}
-
-/// The files an engine directory must hold for `model`.
-fn required_files(model: LocalModel) -> Vec<String> {
-    let mut files = vec![
-        "lib/libsherpa-onnx-c-api.so".to_owned(),
-        "lib/libonnxruntime.so".to_owned(),
-        "silero_vad.onnx".to_owned(),
-    ];
-    for name in [
-        "encoder_model.ort",
-        "decoder_model_merged.ort",
-        "tokens.txt",
-    ] {
-        files.push(format!("{}/{name}", model_dir_name(model)));
-    }
-    files
 }
 
 /// The conversion of a session's audio to the engine's 16 kHz mono: any

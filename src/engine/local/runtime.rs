@@ -14,8 +14,8 @@ use tracing::debug;
 
 use super::ffi;
 use super::{
-    FETCH_COMMAND, SAMPLE_RATE, SHERPA_ONNX_VERSION, VAD_BUFFER_S, VAD_MAX_SPEECH_S,
-    VAD_MIN_SILENCE_S, VAD_MIN_SPEECH_S, VAD_THRESHOLD, VAD_WINDOW, model_dir_name,
+    INSTALL_COMMAND, SAMPLE_RATE, SHERPA_ONNX_VERSION, VAD_BUFFER_S, VAD_MAX_SPEECH_S,
+    VAD_MIN_SILENCE_S, VAD_MIN_SPEECH_S, VAD_THRESHOLD, VAD_WINDOW, place::model_dir_name,
 };
 use crate::cli::values::LocalModel;
 use crate::error::{Error, Result};
@@ -101,7 +101,7 @@ impl Runtime {
         let started = Instant::now();
         // SAFETY: loading runs the library's initialisers: sherpa-onnx's and
         // onnxruntime's (which it finds beside it through its `$ORIGIN`
-        // rpath), as pinned and verified by the fetch script. They register
+        // rpath), as pinned and verified by `sttpipe engine install`. They register
         // nothing that conflicts with this process.
         let lib = unsafe { libloading::Library::new(lib_name) }
             .map_err(|e| again(format!("cannot load {}: {e}", lib_path.display())))?;
@@ -274,7 +274,7 @@ impl Vad {
         let vad = unsafe { (runtime.api.create_vad)(&config, VAD_BUFFER_S) };
         if vad.is_null() {
             return Err(Error::Config(format!(
-                "sherpa-onnx could not load the VAD model {}; run {FETCH_COMMAND} again",
+                "sherpa-onnx could not load the VAD model {}; run {INSTALL_COMMAND} again",
                 runtime.vad_model.to_string_lossy()
             )));
         }

@@ -4,9 +4,9 @@
 //! real speech through the provisioned files (found in the default
 //! directory): without them they print why and pass, unless the
 //! environment has `STTPIPE_REQUIRE_LOCAL_ENGINE=1`, in which case they
-//! fail with the command to run. CI sets it after running
-//! `scripts/fetch-local-engine`, so that a provisioning problem cannot pass
-//! as a skipped test.
+//! fail with the command to run. scripts/test sets it after running
+//! `sttpipe engine install`, so that a provisioning problem cannot pass as
+//! a skipped test.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,15 @@ use crate::engine::{EngineCommand, EngineEvent};
 use crate::event::Token;
 use crate::wer::word_error_rate;
 use bytes::Bytes;
+
+/// Empty stand-ins for the files `model` needs, in the engine directory `root`.
+fn stand_ins(root: &Path, model: LocalModel) {
+    for file in required_files(model) {
+        let path = place::layout_dir(root).join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+}
 
 fn at(dir: &Path, model: LocalModel) -> LocalEngineConfig {
     LocalEngineConfig {
@@ -80,7 +89,7 @@ fn translation_is_refused() {
 }
 
 #[test]
-fn missing_files_name_the_fetch_command() {
+fn missing_files_name_the_install_command() {
     let dir = tempfile::tempdir().unwrap();
     let err = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap_err();
     let message = err.to_string();
@@ -88,22 +97,25 @@ fn missing_files_name_the_fetch_command() {
     assert_eq!(err.exit_code(), crate::error::EXIT_CONFIG);
     assert!(!message.contains('\n'), "one line: {message}");
     assert!(
-        message.contains("scripts/fetch-local-engine --dest"),
+        message.contains(&format!(
+            "sttpipe engine install --dir {}",
+            dir.path().display()
+        )),
         "{message}"
     );
     assert!(!message.contains("missing"), "nothing there: {message}");
 
     // All but base-en's files: tiny-en works, base-en names its option.
-    for file in required_files(LocalModel::TinyEn) {
-        let path = dir.path().join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, b"").unwrap();
-    }
+    stand_ins(dir.path(), LocalModel::TinyEn);
     LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap();
     let err = LocalEngine::new(&at(dir.path(), LocalModel::BaseEn)).unwrap_err();
-    assert!(err.to_string().contains("--model base-en"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("sttpipe engine install base-en --dir"),
+        "{err}"
+    );
     // Part of an install: the missing files are named.
-    std::fs::remove_file(dir.path().join("silero_vad.onnx")).unwrap();
+    std::fs::remove_file(place::layout_dir(dir.path()).join("silero_vad.onnx")).unwrap();
     let err = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap_err();
     assert!(
         err.to_string().contains("(missing silero_vad.onnx)"),
@@ -115,11 +127,7 @@ fn missing_files_name_the_fetch_command() {
 async fn open_rejects_other_formats_before_loading() {
     // Empty stand-in files: the format check comes before any loading.
     let dir = tempfile::tempdir().unwrap();
-    for file in required_files(LocalModel::TinyEn) {
-        let path = dir.path().join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, b"").unwrap();
-    }
+    stand_ins(dir.path(), LocalModel::TinyEn);
     let engine = LocalEngine::new(&at(dir.path(), LocalModel::TinyEn)).unwrap();
     let err = engine
         .open(
@@ -429,7 +437,7 @@ async fn base_en_when_provisioned() {
         model: LocalModel::BaseEn,
     };
     let Ok(engine) = LocalEngine::new(&base) else {
-        eprintln!("skipped: base-en is not provisioned ({FETCH_COMMAND} --model base-en)");
+        eprintln!("skipped: base-en is not provisioned ({INSTALL_COMMAND} base-en)");
         return;
     };
     let engine = engine.with_partials(false);
