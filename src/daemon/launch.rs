@@ -24,11 +24,11 @@ use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::Shared;
 use super::admission::{Slot, Ticket};
-use super::registry::{Peer, Progress, Registration, State};
+use super::registry::{ClientName, Peer, Progress, Registration, State};
 use crate::config::{SessionConfig, SessionRequest};
 use crate::engine::SessionEngines;
 use crate::engine::quota::Tier;
@@ -37,7 +37,7 @@ use crate::event::Event;
 use crate::session::{self, Lease, Retake, SessionInput, Summary};
 
 /// Who is asking, and through which front end.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Client {
     /// The front end's name in `status` and the logs: `unix`, `ws`.
     pub(crate) front: &'static str,
@@ -45,6 +45,8 @@ pub(crate) struct Client {
     pub(crate) peer: Peer,
     /// Sessions this peer's uid may have at once (0: no limit).
     pub(crate) per_uid_limit: usize,
+    /// A named client of the WebSocket endpoint, with its own limit.
+    pub(crate) name: Option<ClientName>,
 }
 
 /// Why a session was not started.
@@ -70,6 +72,8 @@ pub(crate) struct Prepared {
     engines: SessionEngines,
     config: SessionConfig,
     registration: Registration,
+    /// The named client's name, for the logs.
+    client: Option<Arc<str>>,
 }
 
 /// Step 1: the engines and settings for `request`, and a registry entry.
@@ -81,8 +85,13 @@ pub(crate) fn prepare(
     let (engines, config) = shared.session(request)?;
     let registration = shared
         .registry
-        .register(client.front, client.peer, client.per_uid_limit)
-        .ok_or_else(|| Error::Busy(format!("uid {} has too many sessions", client.peer.uid)))?;
+        .register(
+            client.front,
+            client.peer,
+            client.per_uid_limit,
+            client.name.as_ref(),
+        )
+        .map_err(Error::Busy)?;
     registration
         .progress
         .set_bytes_per_second(config.audio.bytes_per_second());
@@ -91,6 +100,7 @@ pub(crate) fn prepare(
         engines,
         config,
         registration,
+        client: client.name.map(|n| n.name),
     })
 }
 
@@ -158,10 +168,11 @@ impl Admitted {
             engines,
             config,
             registration,
+            client,
         } = prepared;
         let lease = lease(&shared, slot, registration.progress.clone());
         let stop = shared.stop.child_token();
-        info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
+        info!(session = %session_id, client = client.as_deref(), format = %config.audio, model = %config.recognition.model, "session start");
         let task = tokio::spawn(async move {
             let report = events.clone();
             let session = session::run(
@@ -185,15 +196,15 @@ impl Admitted {
             };
             match &result {
                 Ok(summary) => {
-                    info!(session = %session_id, audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");
+                    info!(session = %session_id, client = client.as_deref(), audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");
                 }
-                Err(err) => info!(session = %session_id, error = %err, "session failed"),
+                Err(err) => info!(session = %session_id, client = client.as_deref(), error = %err, "session failed"),
             }
             // Held to here: the entry goes when the session does (the slot
             // went with the lease, inside the session).
             drop(registration);
             result
-        });
+        }.instrument(tracing::Span::current()));
         Running(Some(task))
     }
 }
