@@ -111,7 +111,7 @@ impl Prepared {
     }
 
     /// Step 2: waits for an upstream slot. While queued, the position goes
-    /// to `events` as a `queued` event.
+    /// to `events` as a `queued` event, at first and each time it changes.
     pub(crate) async fn admit(self, events: &mpsc::Sender<Event>) -> Result<Admitted, Refusal> {
         let slot = match self.shared.admission.ask() {
             Ticket::Admitted(slot) => slot,
@@ -122,13 +122,14 @@ impl Prepared {
             }
             Ticket::Queued(waiting) => {
                 self.registration.progress.set_state(State::Queued);
-                let _ = events
-                    .send(Event::Queued {
-                        position: waiting.position,
-                    })
-                    .await;
+                // The position goes out when queued and at each move.
+                let place = waiting.place();
+                let report = place.follow(|position| async move {
+                    let _ = events.send(Event::Queued { position }).await;
+                });
                 tokio::select! {
                     slot = waiting.slot() => slot,
+                    never = report => match never {},
                     () = self.shared.stop.cancelled() => return Err(Refusal::Stopping),
                 }
             }

@@ -97,6 +97,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// gets Soniox's 408 and is closed, so a silent client cannot hold an
 /// upstream slot forever (Soniox's own rule).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a client waiting for an upstream slot is told its place again
+/// (the `queued` extension frame): well within any stall watchdog, since a
+/// Soniox session sends something at least every few seconds.
+const QUEUED_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the client's close reply, and for a finished
 /// session's task to return.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -318,7 +322,12 @@ async fn run_client(
         Ok((admitted, events_tx))
     };
     let (frame, bytes_per_second) = raw_layout(&start);
-    let relay = Relay::new(frame, bytes_per_second, timing.wall(IDLE_TIMEOUT));
+    let relay = Relay::new(
+        frame,
+        bytes_per_second,
+        timing.wall(IDLE_TIMEOUT),
+        timing.wall(QUEUED_HEARTBEAT),
+    );
     relay.run(client, admission, events_rx).await;
 }
 
