@@ -9,9 +9,11 @@
 //! frames; [`relay`] moves frames between the client and its session, from
 //! the start request on, through the bounded [`inbox`] of what the client
 //! sent that its session has not taken yet; [`transcript`] folds the
-//! session's events into Soniox responses. This
-//! file owns one connection's course: accept, head, route, upgrade, then the
-//! start request, the key check and the launch.
+//! session's events into Soniox responses; [`tls`] is the endpoint's TLS
+//! and the stream a connection is, with it or without; [`tokens`] is the
+//! token file's named clients. This file owns one connection's course:
+//! accept, the TLS handshake, head, route, upgrade, then the start request,
+//! the key check (which names the client) and the launch.
 //!
 //! A client speaks the Soniox real-time protocol (Soniox's WebSocket API
 //! reference) to the daemon as it would to Soniox; the daemon runs the same
@@ -26,7 +28,9 @@
 //! before it ([`relay`], then the session core), for the service to judge.
 //!
 //! Security model: the client's key is only ever compared with the daemon's
-//! local token (when one is set): it is never forwarded, logged, or stored.
+//! local tokens (when there are any): it is never forwarded, logged, or
+//! stored; the name of the token it matched goes into the logs, `status`
+//! and the upstream `client_reference_id`.
 //! Without a token, an upgrade must name this machine (a loopback host, or
 //! the address the client connected to) in its `Host` and `Origin` (see
 //! [`http::route`]), so a web page elsewhere cannot use the daemon's key
