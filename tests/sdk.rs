@@ -64,14 +64,14 @@ fn python() -> PathBuf {
 }
 
 /// What the script reported, and how it exited.
-struct Run {
-    code: Option<i32>,
-    report: Value,
-    stderr: String,
+pub struct Run {
+    pub code: Option<i32>,
+    pub report: Value,
+    pub stderr: String,
 }
 
 /// Runs the script against `url` with `key` on the 16 kHz `audio` file.
-async fn run_sdk(url: &str, key: &str, audio: &Path) -> Run {
+pub async fn run_sdk(url: &str, key: &str, audio: &Path) -> Run {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/realtime.py");
     let child = Command::new(python())
         .arg(script)

@@ -29,6 +29,8 @@ mod passthrough;
 mod browser;
 // The official Soniox Python SDK against the WebSocket endpoint.
 mod sdk;
+// The gateway: TLS, named tokens, /health and the queued extension.
+mod gateway;
 // The offline engine on real speech.
 mod local;
 // `sttpipe engine install|list` against a wheel server on loopback.

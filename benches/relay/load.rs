@@ -195,7 +195,8 @@ pub(crate) async fn client(
     let session = async {
         match &target {
             Target::Unix(path) => unix_client(path, i, &audio, writes, finals).await,
-            Target::Ws(url) => ws_client(url, i, &audio, writes, finals).await,
+            Target::Ws(url) => ws_client(url, None, i, &audio, writes, finals).await,
+            Target::Wss(url, tls) => ws_client(url, Some(tls), i, &audio, writes, finals).await,
         }
     };
     let outcome = tokio::time::timeout(bound, session).await;
@@ -244,6 +245,7 @@ async fn unix_client(
 /// A session over the Soniox protocol.
 async fn ws_client(
     url: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     i: usize,
     audio: &Bytes,
     writes: &mut Vec<(u64, Instant, f64)>,
@@ -252,9 +254,11 @@ async fn ws_client(
     // Responses are small: a small read buffer keeps thousands of clients
     // from costing a lot of memory.
     let config = soniox_wire::websocket_config();
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let connector = tls.map(|tls| tokio_tungstenite::Connector::Rustls(tls.clone()));
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
     let (mut write, read) = ws.split();
     let start = serde_json::json!({
         "api_key": KEY,

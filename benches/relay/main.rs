@@ -6,9 +6,9 @@
 //! `cargo bench --bench relay -- --quick` (or `BENCH_QUICK=1`) runs 20
 //! sessions of 3 s through each relay in about 30 s, skips the search for the
 //! largest N, and fails only if a run did not complete or lost a word: it
-//! asserts nothing about speed. `--relays unix,ws,reference,floor,direct`
-//! picks relays (all five by default); `--n N` measures only N sessions (no
-//! search).
+//! asserts nothing about speed. `--relays
+//! unix,ws,gateway,reference,floor,direct` picks relays (all six by
+//! default); `--n N` measures only N sessions (no search).
 //!
 //! `STTPIPE_BENCH_BIN=/path/to/sttpipe` measures that binary instead of the
 //! one built with the bench (the daemon and the filter alone), so that an
@@ -22,6 +22,10 @@
 //!   (a JSON header line, raw audio, half-close; NDJSON events back);
 //! * **ws endpoint**: the same daemon with `--ws-listen 127.0.0.1:0`, each
 //!   client speaking the Soniox protocol to `/transcribe-websocket`;
+//! * **gateway (wss)**: the ws endpoint as a gateway for other hosts, over
+//!   TLS (`--ws-tls-cert`, a test CA's certificate that the clients trust)
+//!   with a named token (`--ws-token-file`); measured at the comparison N
+//!   only, beside the ws endpoint, which shows what TLS and the token cost;
 //! * **reference proxy**: `../shared/reference/python_proxy.py`, the plain
 //!   Python `websockets` relay of Soniox's "proxy stream" guide, with
 //!   `websockets==15.0.1` in a venv at `target/bench-venv` (installed by the
@@ -209,15 +213,17 @@ fn raise_nofile() -> u64 {
 enum Relay {
     Unix,
     Ws,
+    Gateway,
     Reference,
     Floor,
     Direct,
 }
 
 impl Relay {
-    const ALL: [Relay; 5] = [
+    const ALL: [Relay; 6] = [
         Relay::Unix,
         Relay::Ws,
+        Relay::Gateway,
         Relay::Reference,
         Relay::Floor,
         Relay::Direct,
@@ -228,6 +234,7 @@ impl Relay {
         match self {
             Relay::Unix => "unix socket",
             Relay::Ws => "ws endpoint",
+            Relay::Gateway => "gateway (wss)",
             Relay::Reference => "reference proxy",
             Relay::Floor => "floor forwarder",
             Relay::Direct => "direct (no relay)",
@@ -239,6 +246,7 @@ impl Relay {
         match self {
             Relay::Unix => "unix",
             Relay::Ws => "ws",
+            Relay::Gateway => "gateway",
             Relay::Reference => "reference",
             Relay::Floor => "floor",
             Relay::Direct => "direct",
@@ -410,7 +418,9 @@ async fn run(plan: Plan, fd_limit: u64) -> Result<(), String> {
         let steps = match relay {
             Relay::Unix | Relay::Ws => &plan.daemon_steps,
             Relay::Reference => &plan.reference_steps,
-            Relay::Floor | Relay::Direct => continue,
+            // The gateway is the ws endpoint with TLS and named tokens: its
+            // cost beside the ws endpoint's at the same N says enough.
+            Relay::Gateway | Relay::Floor | Relay::Direct => continue,
         };
         if steps.is_empty() {
             continue;

@@ -62,7 +62,14 @@ impl Traces {
     fn record(&self, event: &ProbeEvent<'_>) {
         let slot = event
             .client_reference_id
-            .and_then(|id| id.strip_prefix('s')?.parse::<usize>().ok())
+            // Behind the gateway, the id is `gateway/NAME/s<i>`.
+            .and_then(|id| {
+                id.rsplit('/')
+                    .next()?
+                    .strip_prefix('s')?
+                    .parse::<usize>()
+                    .ok()
+            })
             .and_then(|i| self.sessions.get(i));
         let Some(slot) = slot else {
             self.strays.fetch_add(1, Ordering::Relaxed);

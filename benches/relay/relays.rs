@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
@@ -21,6 +22,7 @@ pub(crate) async fn start(
     match relay {
         Relay::Unix => start_daemon(upstream, n, 0, false, None).await,
         Relay::Ws => start_daemon(upstream, n, 0, true, None).await,
+        Relay::Gateway => start_gateway(upstream, n).await,
         Relay::Reference => {
             let (python, script) = reference.ok_or("no reference proxy")?;
             start_reference(python, script, upstream).await
@@ -40,6 +42,8 @@ pub(crate) async fn start(
 pub(crate) enum Target {
     Unix(PathBuf),
     Ws(String),
+    /// `wss://`, with the TLS settings that trust the relay's certificate.
+    Wss(String, Arc<rustls::ClientConfig>),
 }
 
 /// A running relay (none for the direct baseline); killed when dropped.
@@ -143,6 +147,66 @@ pub(crate) async fn start_daemon(
     ca_file: Option<&Path>,
 ) -> Result<RelayProcess, String> {
     let dir = tempfile::tempdir().expect("tempdir");
+    daemon_in(dir, upstream, max_upstream, pool, ws, ca_file, &[]).await
+}
+
+/// The daemon as a gateway: the ws endpoint over TLS (a test CA's
+/// certificate) with a named token, the bench's key; its clients trust
+/// that CA.
+async fn start_gateway(upstream: &str, max_upstream: usize) -> Result<RelayProcess, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_pem, identity) = soniox_emulator::tls::test_identity();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write the gateway's files");
+        path.into_os_string()
+    };
+    let extra = [
+        "--ws-tls-cert".into(),
+        write("cert.pem", &identity.cert_chain_pem),
+        "--ws-tls-key".into(),
+        write("key.pem", &identity.key_pem),
+        "--ws-token-file".into(),
+        write("tokens", &format!("bench:{KEY}\n")),
+    ];
+    let mut daemon = daemon_in(dir, upstream, max_upstream, 0, true, None, &extra).await?;
+    let Target::Ws(url) = &daemon.target else {
+        return Err("the gateway has no WebSocket endpoint".into());
+    };
+    let url = url.replacen("ws://", "wss://", 1);
+    daemon.target = Target::Wss(url, client_tls(&ca_pem)?);
+    Ok(daemon)
+}
+
+/// TLS settings for a client that trusts the CA in `ca_pem` (rustls with
+/// ring, as the daemon's).
+fn client_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the test CA: {e}"))?;
+        roots.add(cert).map_err(|e| format!("the test CA: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// [`start_daemon`] with its files in `dir` and `extra` flags.
+async fn daemon_in(
+    dir: tempfile::TempDir,
+    upstream: &str,
+    max_upstream: usize,
+    pool: usize,
+    ws: bool,
+    ca_file: Option<&Path>,
+    extra: &[std::ffi::OsString],
+) -> Result<RelayProcess, String> {
     let socket = dir.path().join("s.sock");
     let mut command = tokio::process::Command::new(common::sttpipe_bin());
     command
@@ -159,6 +223,7 @@ pub(crate) async fn start_daemon(
     if let Some(ca_file) = ca_file {
         command.arg("--ca-file").arg(ca_file);
     }
+    command.args(extra);
     for var in ["RUST_LOG", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM"] {
         command.env_remove(var);
     }

@@ -268,10 +268,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) ws_listen: Option<SocketAddr>,
 
-    /// Clients of the WebSocket endpoint must present the token in PATH as
-    /// their API key; without it, anyone who can reach the endpoint may use it.
+    /// Clients of the WebSocket endpoint must present one of the tokens in
+    /// PATH as their API key: `NAME:TOKEN` lines (`NAME:TOKEN:max=N` limits
+    /// that name to N sessions; a lone token is named `default`), read again
+    /// on SIGHUP; without it, anyone who can reach the endpoint may use it.
     #[arg(long, value_name = "PATH")]
     pub(crate) ws_token_file: Option<PathBuf>,
+
+    /// Serve the WebSocket endpoint (and its page and /health) over TLS
+    /// with the PEM certificate chain in PATH (leaf first); needs
+    /// --ws-tls-key. Read again on SIGHUP, where a bad one keeps the old.
+    #[arg(long, value_name = "PATH", requires = "ws_tls_key")]
+    pub(crate) ws_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --ws-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "ws_tls_cert")]
+    pub(crate) ws_tls_key: Option<PathBuf>,
 
     /// Also serve the Wyoming protocol, Home Assistant's speech-to-text, on
     /// HOST or HOST:PORT (port 10300 when left out), e.g. 0.0.0.0 for the

@@ -41,7 +41,7 @@ pub(crate) const MAX_RATE: u32 = 384_000;
 /// Most raw channels taken.
 pub(crate) const MAX_CHANNELS: u16 = 32;
 /// Longest `client_reference_id`, in characters (Soniox's limit).
-const MAX_CLIENT_REFERENCE_CHARS: usize = 256;
+pub(crate) const MAX_CLIENT_REFERENCE_CHARS: usize = 256;
 
 /// Who gave a session's options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

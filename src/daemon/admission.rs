@@ -35,6 +35,8 @@ pub(crate) struct Limits {
 /// in ([`Estimate::epoch`]); a dropped receiver means the client left.
 #[derive(Debug)]
 struct Waiter {
+    /// Who it is, for [`Place::position`].
+    id: u64,
     wake: oneshot::Sender<u64>,
     /// Put back after a refusal: ahead of those who have not streamed yet.
     requeued: bool,
@@ -47,6 +49,7 @@ struct State {
     active: usize,
     /// Waiters in order: the requeued first, then by arrival.
     waiting: VecDeque<Waiter>,
+    next_waiter: u64,
 }
 
 impl State {
@@ -69,6 +72,9 @@ pub(crate) struct Admission {
     state: Arc<Mutex<State>>,
     /// Told when a hold begins, so that every waiter knows when to poke.
     hold_begun: Arc<Notify>,
+    /// Told when the queue moves: a waiter left it, was handed a slot, or
+    /// was put back ahead of others.
+    moved: Arc<Notify>,
 }
 
 /// What asking for a slot gave.
@@ -88,12 +94,21 @@ pub(crate) enum Ticket {
 pub(crate) struct Waiting {
     /// 1-based position when queued.
     pub(crate) position: usize,
+    id: u64,
     admission: Admission,
     /// `None` once the slot was taken.
     wake: Option<oneshot::Receiver<u64>>,
 }
 
 impl Waiting {
+    /// Where this waiter is, to follow its position while it waits.
+    pub(crate) fn place(&self) -> Place {
+        Place {
+            admission: self.admission.clone(),
+            id: self.id,
+        }
+    }
+
     /// Waits for the slot. While starts are held (after a refusal), it also
     /// wakes when the hold ends, to let the head of the queue try.
     pub(crate) async fn slot(mut self) -> Slot {
@@ -137,6 +152,57 @@ impl Drop for Waiting {
             if wake.try_recv().is_ok() {
                 self.admission.release(false);
             }
+            self.admission.moved.notify_waiters();
+        }
+    }
+}
+
+/// A waiter's place in the queue, followed while it waits.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    admission: Admission,
+    id: u64,
+}
+
+impl Place {
+    /// The 1-based position now, among the waiters still there; `None`
+    /// once it has left the queue.
+    pub(crate) fn position(&self) -> Option<usize> {
+        let state = self.admission.lock();
+        let mut ahead = 0;
+        for waiter in &state.waiting {
+            if waiter.id == self.id {
+                return Some(ahead + 1);
+            }
+            if !waiter.wake.is_closed() {
+                ahead += 1;
+            }
+        }
+        None
+    }
+
+    /// Calls `report` with the position each time it changes (the first
+    /// time too), for as long as the waiter is queued; never returns (the
+    /// caller drops it with the wait).
+    pub(crate) async fn follow<F: Future<Output = ()>>(
+        &self,
+        mut report: impl FnMut(usize) -> F,
+    ) -> std::convert::Infallible {
+        let mut last = None;
+        loop {
+            // Listening before reading the position, so that a move in
+            // between is not missed.
+            let moved = self.admission.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let position = self.position();
+            if position.is_some() && position != last {
+                last = position;
+                if let Some(position) = position {
+                    report(position).await;
+                }
+            }
+            moved.await;
         }
     }
 }
@@ -181,8 +247,10 @@ impl Admission {
                 estimate: Estimate::new(limits.max_upstream, timing),
                 active: 0,
                 waiting: VecDeque::new(),
+                next_waiter: 0,
             })),
             hold_begun: Arc::new(Notify::new()),
+            moved: Arc::new(Notify::new()),
         }
     }
 
@@ -240,7 +308,7 @@ impl Admission {
         state.estimate.refused(others, slot.epoch, Instant::now());
         state.forget_gone();
         let waiting = self.enqueue(&mut state, true);
-        Self::hand_over(&mut state, 0);
+        self.hand_over(&mut state, 0);
         if state.estimate.hold_until() != hold_before {
             self.hold_begun.notify_waiters();
         }
@@ -251,15 +319,26 @@ impl Admission {
     /// rest at the end.
     fn enqueue(&self, state: &mut State, requeued: bool) -> Waiting {
         let (tx, rx) = oneshot::channel();
-        let waiter = Waiter { wake: tx, requeued };
+        state.next_waiter += 1;
+        let id = state.next_waiter;
+        let waiter = Waiter {
+            id,
+            wake: tx,
+            requeued,
+        };
         let at = if requeued {
             state.waiting.iter().take_while(|w| w.requeued).count()
         } else {
             state.waiting.len()
         };
         state.waiting.insert(at, waiter);
+        if at + 1 < state.waiting.len() {
+            // Ahead of others: they moved back.
+            self.moved.notify_waiters();
+        }
         Waiting {
             position: at + 1,
+            id,
             admission: self.clone(),
             wake: Some(rx),
         }
@@ -273,19 +352,20 @@ impl Admission {
         if ended {
             state.estimate.ended();
         }
-        Self::hand_over(&mut state, 1);
+        self.hand_over(&mut state, 1);
     }
 
     /// A hold may have ended: let the head of the queue try.
     fn poke(&self) {
         let mut state = self.lock();
-        Self::hand_over(&mut state, 0);
+        self.hand_over(&mut state, 0);
     }
 
     /// Gives free slots to waiters still there. While starts are held,
     /// only `passed` slots (just given back by sessions Soniox had
     /// accepted) go on.
-    fn hand_over(state: &mut State, mut passed: usize) {
+    fn hand_over(&self, state: &mut State, mut passed: usize) {
+        let before = state.waiting.len();
         while state.active < state.estimate.effective() {
             let held = state.estimate.held(Instant::now());
             if held && passed == 0 {
@@ -301,6 +381,9 @@ impl Admission {
                 }
             }
         }
+        if state.waiting.len() != before {
+            self.moved.notify_waiters();
+        }
     }
 
     /// New limits (SIGHUP): a higher limit admits waiters at once; a lower
@@ -310,7 +393,7 @@ impl Admission {
         let mut state = self.lock();
         state.limits = limits;
         state.estimate.set_max(limits.max_upstream);
-        Self::hand_over(&mut state, 0);
+        self.hand_over(&mut state, 0);
     }
 
     /// Slots free now (none while anyone waits), under the limit in force.
@@ -379,6 +462,62 @@ mod tests {
         drop(second);
         let usage = admission.usage();
         assert_eq!((usage.streaming, usage.waiting, usage.effective), (0, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_place_follows_its_position() {
+        let admission = Admission::new(
+            Limits {
+                max_upstream: 1,
+                queue: 5,
+            },
+            Timing::REAL,
+        );
+        let Ticket::Admitted(first) = admission.ask() else {
+            panic!("a free slot")
+        };
+        let waiting: Vec<Waiting> = (0..3)
+            .map(|_| match admission.ask() {
+                Ticket::Queued(waiting) => waiting,
+                other => panic!("queued: {other:?}"),
+            })
+            .collect();
+        let mut waiting = waiting.into_iter();
+        let (second, third, fourth) = (
+            waiting.next().unwrap(),
+            waiting.next().unwrap(),
+            waiting.next().unwrap(),
+        );
+        let place = fourth.place();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let follower = tokio::spawn(async move {
+            place
+                .follow(|position| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send(position).await;
+                    }
+                })
+                .await;
+        });
+        let next = async |rx: &mut tokio::sync::mpsc::Receiver<usize>| {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a position in time")
+        };
+        assert_eq!(next(&mut rx).await, Some(3));
+        // One ahead leaves: 2; the head is handed a slot: 1.
+        drop(third);
+        assert_eq!(next(&mut rx).await, Some(2));
+        drop(first);
+        assert_eq!(next(&mut rx).await, Some(1));
+        assert_eq!(fourth.place().position(), Some(1));
+        let second = second.slot().await;
+        drop(second);
+        let _slot = tokio::time::timeout(Duration::from_secs(5), fourth.slot())
+            .await
+            .expect("its turn");
+        follower.abort();
     }
 
     #[tokio::test]

@@ -24,11 +24,11 @@ use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::Shared;
 use super::admission::{Slot, Ticket};
-use super::registry::{Peer, Progress, Registration, State};
+use super::registry::{ClientName, Peer, Progress, Registration, State};
 use crate::config::{SessionConfig, SessionRequest};
 use crate::engine::SessionEngines;
 use crate::engine::quota::Tier;
@@ -47,6 +47,8 @@ pub(crate) struct Client {
     pub(crate) peer: Peer,
     /// Sessions this peer's uid may have at once (0: no limit).
     pub(crate) per_uid_limit: usize,
+    /// A named client of the WebSocket endpoint, with its own limit.
+    pub(crate) name: Option<ClientName>,
 }
 
 /// Why a session was not started.
@@ -72,6 +74,8 @@ pub(crate) struct Prepared {
     engines: SessionEngines,
     config: SessionConfig,
     registration: Registration,
+    /// The named client's name, for the logs.
+    client: Option<Arc<str>>,
 }
 
 /// Step 1: the engines and settings for `request`, and a registry entry.
@@ -88,8 +92,9 @@ pub(crate) fn prepare(
             client.front,
             client.peer,
             client.per_uid_limit,
+            client.name.as_ref(),
         )
-        .ok_or_else(|| Error::Busy(format!("uid {} has too many sessions", client.peer.uid)))?;
+        .map_err(Error::Busy)?;
     registration
         .progress
         .set_bytes_per_second(config.audio.bytes_per_second());
@@ -98,6 +103,7 @@ pub(crate) fn prepare(
         engines,
         config,
         registration,
+        client: client.name.map(|n| n.name),
     })
 }
 
@@ -108,7 +114,7 @@ impl Prepared {
     }
 
     /// Step 2: waits for an upstream slot. While queued, the position goes
-    /// to `events` as a `queued` event.
+    /// to `events` as a `queued` event, at first and each time it changes.
     pub(crate) async fn admit(self, events: &mpsc::Sender<Event>) -> Result<Admitted, Refusal> {
         let slot = match self.shared.admission.ask() {
             Ticket::Admitted(slot) => slot,
@@ -119,13 +125,14 @@ impl Prepared {
             }
             Ticket::Queued(waiting) => {
                 self.registration.progress.set_state(State::Queued);
-                let _ = events
-                    .send(Event::Queued {
-                        position: waiting.position,
-                    })
-                    .await;
+                // The position goes out when queued and at each move.
+                let place = waiting.place();
+                let report = place.follow(|position| async move {
+                    let _ = events.send(Event::Queued { position }).await;
+                });
                 tokio::select! {
                     slot = waiting.slot() => slot,
+                    never = report => match never {},
                     () = self.shared.stop.cancelled() => return Err(Refusal::Stopping),
                 }
             }
@@ -169,11 +176,12 @@ impl Admitted {
             engines,
             config,
             registration,
+            client,
         } = prepared;
         let lease = lease(&shared, slot, registration.progress.clone());
         let session_id = registration.session_id().to_owned();
         let stop = shared.stop.child_token();
-        info!(session = %session_id, format = %config.audio, model = %config.recognition.model, "session start");
+        info!(session = %session_id, client = client.as_deref(), format = %config.audio, model = %config.recognition.model, "session start");
         let task = tokio::spawn(async move {
             let report = events.clone();
             let session = session::run(
@@ -197,15 +205,15 @@ impl Admitted {
             };
             match &result {
                 Ok(summary) => {
-                    info!(session = %session_id, audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");
+                    info!(session = %session_id, client = client.as_deref(), audio_ms = summary.audio_ms, tokens = summary.tokens, upstreams = summary.upstreams, reason = ?summary.reason, "session end");
                 }
-                Err(err) => info!(session = %session_id, error = %err, "session failed"),
+                Err(err) => info!(session = %session_id, client = client.as_deref(), error = %err, "session failed"),
             }
             // Held to here: the entry goes when the session does (the slot
             // went with the lease, inside the session).
             drop(registration);
             result
-        });
+        }.instrument(tracing::Span::current()));
         Running(Some(task))
     }
 }

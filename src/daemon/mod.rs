@@ -74,7 +74,10 @@ pub(crate) struct Shared {
     per_uid_limit: AtomicUsize,
     registry: Arc<Registry>,
     settings: Mutex<Settings>,
-    ws_token: Mutex<Option<String>>,
+    /// The WebSocket endpoint's client tokens, if it has any.
+    ws_tokens: Mutex<Option<Arc<ws::Tokens>>>,
+    /// The WebSocket endpoint's TLS, if it has it.
+    ws_tls: Mutex<Option<Arc<rustls::ServerConfig>>>,
     /// Cancelled on shutdown: every session ends its audio and drains.
     stop: CancellationToken,
     started: Instant,
@@ -121,8 +124,12 @@ impl Shared {
         Self::lock(&self.settings).wyoming.clone()
     }
 
-    fn ws_token(&self) -> Option<String> {
-        Self::lock(&self.ws_token).clone()
+    fn ws_tokens(&self) -> Option<Arc<ws::Tokens>> {
+        Self::lock(&self.ws_tokens).clone()
+    }
+
+    fn ws_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        Self::lock(&self.ws_tls).clone()
     }
 
     fn new_session_id(&self) -> String {
@@ -148,6 +155,14 @@ impl Shared {
     fn status(&self) -> Value {
         let usage = self.admission.usage();
         let mut status = self.registry.status();
+        if let Some(tokens) = self.ws_tokens() {
+            // Every named client, streaming or not.
+            for name in tokens.names() {
+                if status["per_client"].get(name).is_none() {
+                    status["per_client"][name] = json!(0);
+                }
+            }
+        }
         status["queue"] = json!({"waiting": usage.waiting, "limit": usage.limits.queue});
         status["upstream"] = json!({
             "sessions": usage.streaming,
@@ -246,24 +261,20 @@ fn live_source(settings: &Settings, key: Option<&ApiKey>) -> Result<Option<live:
     }
 }
 
-fn read_ws_token(settings: &Settings) -> Result<Option<String>> {
-    let Some(path) = &settings.ws_token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Config(format!(
-            "cannot read the WebSocket token file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
-        return Err(Error::Config(format!(
-            "the WebSocket token file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Some(token))
+fn read_ws_tokens(settings: &Settings) -> Result<Option<Arc<ws::Tokens>>> {
+    settings
+        .ws_token_file
+        .as_deref()
+        .map(|path| ws::Tokens::read(path).map(Arc::new))
+        .transpose()
+}
+
+fn load_ws_tls(settings: &Settings) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    settings
+        .ws_tls
+        .as_ref()
+        .map(|(cert, key)| ws::tls_config(cert, key))
+        .transpose()
 }
 
 /// The socket to serve: systemd's (never unlinked) or one bound here.
@@ -418,14 +429,15 @@ async fn serve(
         access: Mutex::new(settings.access.clone()),
         per_uid_limit: AtomicUsize::new(settings.max_sessions_per_uid),
         registry: Arc::new(Registry::default()),
-        ws_token: Mutex::new(read_ws_token(&settings)?),
+        ws_tokens: Mutex::new(read_ws_tokens(&settings)?),
+        ws_tls: Mutex::new(load_ws_tls(&settings)?),
         settings: Mutex::new(settings),
         stop: CancellationToken::new(),
         started: Instant::now(),
         session_ids: SessionIds::default(),
     });
     let ws_addr = ws.as_ref().and_then(|ws| ws.local_addr().ok());
-    ws::warn_if_open(ws_addr, shared.ws_token().is_some());
+    ws::warn_if_open(ws_addr, shared.ws_tokens().is_some());
     let tracker = TaskTracker::new();
     tokio::spawn(
         shared
@@ -441,7 +453,8 @@ async fn serve(
     let mut status_every = tokio::time::interval(Duration::from_secs(2));
     notifier.ready(&shared.status_line());
     if let Some(ws) = &ws {
-        info!(addr = ?ws.local_addr().ok(), "serving the Soniox WebSocket protocol");
+        let tls = shared.ws_tls().is_some();
+        info!(addr = ?ws.local_addr().ok(), tls, "serving the Soniox WebSocket protocol");
     }
     if let Some(wyoming) = &wyoming {
         info!(addr = ?wyoming.local_addr().ok(), "serving the Wyoming protocol");
@@ -455,7 +468,7 @@ async fn serve(
                 match reload(&command_line, &shared).await {
                     Ok(()) => {
                         info!("settings and key reloaded");
-                        ws::warn_if_open(ws_addr, shared.ws_token().is_some());
+                        ws::warn_if_open(ws_addr, shared.ws_tokens().is_some());
                     }
                     Err(err) => warn!(error = %err, "reload failed; keeping the old settings"),
                 }
@@ -491,6 +504,10 @@ async fn serve(
     drop(wyoming);
     shared.stop.cancel();
     tracker.close();
+    // The WebSocket endpoint still answers while the sessions drain: its
+    // health check says 503, so that a load balancer sends new clients to
+    // another gateway, and a new client is told the daemon is stopping.
+    let still_answering = ws.map(|ws| tokio::spawn(answer_while_draining(ws, shared.clone())));
     let drain = {
         let settings = Shared::lock(&shared.settings);
         settings.timing.wall(settings.drain_timeout) + Duration::from_secs(2)
@@ -498,7 +515,23 @@ async fn serve(
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         warn!("some sessions did not finish within the drain deadline");
     }
+    if let Some(task) = still_answering {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Serves the WebSocket endpoint during the drain (see [`serve`]); each
+/// connection is short, since the daemon is stopping.
+async fn answer_while_draining(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(ws::handle(stream, peer, shared.clone()));
+            }
+            Err(err) => accept_failed(err).await,
+        }
+    }
 }
 
 fn signal_error(err: std::io::Error) -> Error {
@@ -535,7 +568,20 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
         Some(&shared.engines()),
     )?;
     engines.preload().await?;
-    let ws_token = read_ws_token(&settings)?;
+    let ws_tokens = read_ws_tokens(&settings)?;
+    // A certificate that cannot be loaded keeps the one in use, and the
+    // rest of the reload goes on: renewing it must not stop the endpoint.
+    match load_ws_tls(&settings) {
+        Ok(tls) => {
+            if tls.is_some() {
+                info!("the WebSocket endpoint's certificate reloaded");
+            }
+            *Shared::lock(&shared.ws_tls) = tls;
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the new certificate was not loaded; keeping the one in use");
+        }
+    }
     shared.admission.set_limits(settings.limits);
     shared.rate.set_rate(settings.new_sessions_per_minute);
     *Shared::lock(&shared.access) = settings.access.clone();
@@ -543,7 +589,7 @@ async fn reload(command_line: &CommandLine, shared: &Shared) -> Result<()> {
         .per_uid_limit
         .store(settings.max_sessions_per_uid, Ordering::Relaxed);
     *Shared::lock(&shared.engines) = engines;
-    *Shared::lock(&shared.ws_token) = ws_token;
+    *Shared::lock(&shared.ws_tokens) = ws_tokens;
     shared.live.configure(live);
     debug!(?settings.limits, "new limits");
     *Shared::lock(&shared.settings) = settings;

@@ -1,5 +1,6 @@
-//! The sessions the daemon serves, for `sttpipe status`, STATUS= and the
-//! per-uid limit.
+//! The sessions the daemon serves, for `sttpipe status`, STATUS=, the
+//! per-uid limit and the per-name limit of the WebSocket endpoint's named
+//! clients.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -46,11 +47,22 @@ impl State {
     }
 }
 
+/// A named client of the WebSocket endpoint (its token's name), and the
+/// sessions that name may have at once (0: no limit of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientName {
+    /// The token's name.
+    pub(crate) name: Arc<str>,
+    /// Its limit.
+    pub(crate) max_sessions: usize,
+}
+
 #[derive(Debug)]
 struct Entry {
     session_id: String,
     front: &'static str,
     peer: Peer,
+    client: Option<Arc<str>>,
     started: Instant,
     progress: Arc<Progress>,
 }
@@ -152,20 +164,34 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds the session `session_id`; `None` if `peer.uid` already has
-    /// `per_uid_limit` sessions (0: no limit).
+    /// Adds the session `session_id`; refused (the error says why) if
+    /// `peer.uid` already has `per_uid_limit` sessions (0: no limit), or
+    /// `client`'s name its own limit.
     pub(crate) fn register(
         self: &Arc<Self>,
         session_id: String,
         front: &'static str,
         peer: Peer,
         per_uid_limit: usize,
-    ) -> Option<Registration> {
+        client: Option<&ClientName>,
+    ) -> Result<Registration, String> {
         let mut entries = self.lock();
         if per_uid_limit > 0
             && entries.values().filter(|e| e.peer.uid == peer.uid).count() >= per_uid_limit
         {
-            return None;
+            return Err(format!("uid {} has too many sessions", peer.uid));
+        }
+        if let Some(client) = client.filter(|c| c.max_sessions > 0) {
+            let held = entries
+                .values()
+                .filter(|e| e.client.as_deref() == Some(&*client.name))
+                .count();
+            if held >= client.max_sessions {
+                return Err(format!(
+                    "client {} has too many sessions (at most {})",
+                    client.name, client.max_sessions
+                ));
+            }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let progress = Arc::new(Progress::default());
@@ -175,12 +201,13 @@ impl Registry {
                 session_id: session_id.clone(),
                 front,
                 peer,
+                client: client.map(|c| c.name.clone()),
                 started: Instant::now(),
                 progress: progress.clone(),
             },
         );
         self.served.fetch_add(1, Ordering::Relaxed);
-        Some(Registration {
+        Ok(Registration {
             registry: self.clone(),
             id,
             session_id,
@@ -203,11 +230,15 @@ impl Registry {
     pub(crate) fn status(&self) -> Value {
         let entries = self.lock();
         let mut per_uid: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut per_client: BTreeMap<&str, usize> = BTreeMap::new();
         let mut live_audio_ms = 0;
         let mut sessions: Vec<(u64, Value)> = entries
             .iter()
             .map(|(id, e)| {
                 *per_uid.entry(e.peer.uid).or_default() += 1;
+                if let Some(name) = &e.client {
+                    *per_client.entry(name).or_default() += 1;
+                }
                 let audio_ms = e.progress.audio_ms();
                 live_audio_ms += audio_ms;
                 (
@@ -216,6 +247,7 @@ impl Registry {
                         "id": e.session_id,
                         "front": e.front,
                         "peer": {"uid": e.peer.uid, "gid": e.peer.gid, "pid": e.peer.pid},
+                        "client": e.client.as_deref(),
                         "age_ms": e.started.elapsed().as_millis() as u64,
                         "audio_ms": audio_ms,
                         "state": State::name(e.progress.state.load(Ordering::Relaxed)),
@@ -229,6 +261,7 @@ impl Registry {
         json!({
             "sessions": sessions.into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
             "per_uid": per_uid.into_iter().map(|(uid, n)| (uid.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "per_client": per_client,
             "sessions_served": self.served.load(Ordering::Relaxed),
             "audio_minutes": total_ms as f64 / 60_000.0,
         })
@@ -248,12 +281,12 @@ mod tests {
             pid: Some(1),
         };
         let first = registry
-            .register("00000000000000a1".into(), "unix", peer, 1)
+            .register("00000000000000a1".into(), "unix", peer, 1, None)
             .expect("first");
         assert!(
             registry
-                .register("00000000000000a2".into(), "unix", peer, 1)
-                .is_none()
+                .register("00000000000000a2".into(), "unix", peer, 1, None)
+                .is_err()
         );
         first.progress.set_bytes_per_second(Some(32_000));
         first.progress.add_audio(64_000);
@@ -273,8 +306,58 @@ mod tests {
         assert_eq!(registry.status()["audio_minutes"], 2000.0 / 60_000.0);
         assert!(
             registry
-                .register("00000000000000a3".into(), "unix", peer, 1)
-                .is_some()
+                .register("00000000000000a3".into(), "unix", peer, 1, None)
+                .is_ok()
+        );
+    }
+
+    /// A session id of the documented form.
+    fn session_id(n: u64) -> String {
+        format!("{n:016x}")
+    }
+
+    #[test]
+    fn per_client_limit_and_counts() {
+        let registry = Arc::new(Registry::default());
+        let peer = Peer {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            pid: None,
+        };
+        let named = |name: &str, max_sessions| ClientName {
+            name: name.into(),
+            max_sessions,
+        };
+        let (a, b) = (named("a", 2), named("b", 0));
+        let a1 = registry
+            .register(session_id(177), "ws", peer, 0, Some(&a))
+            .expect("a1");
+        let _a2 = registry
+            .register(session_id(178), "ws", peer, 0, Some(&a))
+            .expect("a2");
+        let refused = registry
+            .register(session_id(179), "ws", peer, 0, Some(&a))
+            .expect_err("a3");
+        assert_eq!(refused, "client a has too many sessions (at most 2)");
+        let _b: Vec<_> = (0..3)
+            .map(|i| {
+                registry
+                    .register(session_id(0xc0 + i), "ws", peer, 0, Some(&b))
+                    .expect("b has no limit")
+            })
+            .collect();
+        let _anonymous = registry
+            .register(session_id(180), "ws", peer, 0, None)
+            .expect("no name");
+        let status = registry.status();
+        assert_eq!(status["per_client"], json!({"a": 2, "b": 3}));
+        assert_eq!(status["sessions"][0]["client"], "a");
+        assert_eq!(status["sessions"][5]["client"], Value::Null);
+        drop(a1);
+        assert!(
+            registry
+                .register(session_id(181), "ws", peer, 0, Some(&a))
+                .is_ok()
         );
     }
 }

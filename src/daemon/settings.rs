@@ -89,6 +89,8 @@ pub(crate) struct Settings {
     pub(crate) ws_listen: Option<SocketAddr>,
     /// Token file for the WebSocket endpoint.
     pub(crate) ws_token_file: Option<PathBuf>,
+    /// The WebSocket endpoint's certificate chain and key, for TLS.
+    pub(crate) ws_tls: Option<(PathBuf, PathBuf)>,
     /// Wyoming listener address.
     pub(crate) wyoming_listen: Option<SocketAddr>,
     /// The Wyoming front end's rules.
@@ -128,6 +130,18 @@ impl Settings {
     ) -> Result<Settings> {
         let args = with_file(args, given)?;
         check_limits(&args)?;
+        let ws_tls = match (args.ws_tls_cert, args.ws_tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            // The command line cannot get here (clap requires both); the
+            // settings file can.
+            (Some(_), None) => {
+                return Err(Error::Usage("--ws-tls-cert needs --ws-tls-key".into()));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Usage("--ws-tls-key needs --ws-tls-cert".into()));
+            }
+        };
         let urls = resolve::urls(&args.service.url, args.service.region)?;
         let live_quota = if args.live_quota {
             // The REST API of the first: failover URLs are the same service.
@@ -154,6 +168,7 @@ impl Settings {
             socket_group: args.socket_group,
             ws_listen: args.ws_listen,
             ws_token_file: args.ws_token_file,
+            ws_tls,
             wyoming_listen: args.wyoming_listen.map(|addr| addr.0),
             wyoming: WyomingRules {
                 allow: args.wyoming_allow,
@@ -398,6 +413,37 @@ mod tests {
         assert_eq!(settings.urls, ["ws://c/ws"]);
         std::fs::write(&file, "url = [\"http://a/\"]\n").unwrap();
         assert!(matches!(resolve(&["--config", path]), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sttpipe.toml");
+        std::fs::write(
+            &file,
+            "ws_tls_cert = \"/etc/sttpipe/cert.pem\"\nws_tls_key = \"/etc/sttpipe/key.pem\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let settings = resolve(&["--config", path]).unwrap();
+        assert_eq!(
+            settings.ws_tls,
+            Some((
+                "/etc/sttpipe/cert.pem".into(),
+                "/etc/sttpipe/key.pem".into()
+            ))
+        );
+        std::fs::write(&file, "ws_tls_cert = \"/etc/sttpipe/cert.pem\"\n").unwrap();
+        assert!(matches!(
+            resolve(&["--config", path]),
+            Err(Error::Usage(message)) if message == "--ws-tls-cert needs --ws-tls-key"
+        ));
+        assert!(
+            Serve::command()
+                .try_get_matches_from(["serve", "--ws-tls-key", "k.pem"])
+                .is_err(),
+            "one without the other is a usage error on the command line too"
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ async fn serve(stream: UnixStream, peer: Peer, shared: Arc<Shared>) {
         front: "unix",
         peer,
         per_uid_limit: shared.per_uid_limit(),
+        name: None,
     };
     let prepared = request
         .map_err(Refusal::Error)

@@ -241,6 +241,11 @@ impl WsDaemon {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The daemon's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self._child.id().expect("the daemon runs")
+    }
+
     /// `sttpipe status` over the Unix socket.
     pub async fn status(&self) -> Value {
         daemon_status(&self.socket).await

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -19,6 +18,7 @@ use tracing::info;
 
 use soniox_wire::ApiError;
 
+use super::tls::Conn;
 use super::{CLOSE_GRACE, MAX_MESSAGE_BYTES};
 
 /// The reason sent with 1009 (at most 123 bytes, as a close reason must be).
@@ -28,7 +28,7 @@ const SCRAP_CHUNK: usize = 16 * 1024;
 
 const _: () = assert!(MAX_MESSAGE_BYTES == 16 << 20, "TOO_BIG names the limit");
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Conn>;
 
 /// One connected WebSocket client.
 pub(super) struct Client {
@@ -77,7 +77,13 @@ impl Client {
     /// unread: its FIN or a reset has reached the TCP stream (readiness
     /// keeps that state, whatever is still queued before it).
     pub(super) fn departed(&self) -> bool {
-        match self.ws.get_ref().ready(Interest::READABLE).now_or_never() {
+        match self
+            .ws
+            .get_ref()
+            .tcp()
+            .ready(Interest::READABLE)
+            .now_or_never()
+        {
             Some(Ok(ready)) => ready.is_read_closed(),
             Some(Err(_)) => true,
             // Neither data nor an end has arrived.

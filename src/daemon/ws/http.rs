@@ -1,16 +1,15 @@
 //! HTTP on the WebSocket endpoint, up to the handshake: reading the request
 //! head (bounded in size; the caller bounds it in time), parsing it, routing
-//! it (the page, an upgrade, or a plain refusal, with who may upgrade
-//! without a token), checking a WebSocket upgrade and reading the client's
-//! key from it, and the plain responses.
+//! it (the page, the health check, an upgrade, or a plain refusal, with who
+//! may upgrade without a token), checking a WebSocket upgrade and reading
+//! the client's key from it, and the plain responses.
 //!
 //! Nothing here keeps a connection open past one response, except an
 //! accepted upgrade, which the caller turns into a WebSocket.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// The browser page served at `GET /`.
@@ -146,6 +145,8 @@ impl Head {
 pub(super) enum Route {
     /// The browser page; no body for HEAD.
     Page { with_body: bool },
+    /// `GET /health` (or HEAD): for load balancers.
+    Health { with_body: bool },
     /// A WebSocket upgrade at a Soniox path.
     Upgrade,
     /// A plain refusal.
@@ -169,7 +170,9 @@ pub(super) fn route(head: &Head, has_token: bool, local: Option<SocketAddr>) -> 
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/") => Route::Page { with_body: true },
         ("HEAD", "/") => Route::Page { with_body: false },
-        (_, "/") => Route::Plain(405, "Method Not Allowed"),
+        ("GET", "/health") => Route::Health { with_body: true },
+        ("HEAD", "/health") => Route::Health { with_body: false },
+        (_, "/" | "/health") => Route::Plain(405, "Method Not Allowed"),
         _ => Route::Plain(404, "Not Found"),
     }
 }
@@ -349,7 +352,7 @@ impl Upgrade {
 
 /// Writes a plain-text refusal and closes.
 pub(super) async fn refuse(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     status: u16,
     reason: &str,
     extra_headers: &[&str],
@@ -374,7 +377,7 @@ pub(super) async fn refuse(
 /// Serves the page (its head only for `HEAD`), with headers that keep it
 /// self-contained: it may run inline script, an AudioWorklet from a blob:
 /// URL and a WebSocket to its own origin, and load nothing else.
-pub(super) async fn respond_page(stream: &mut TcpStream, with_body: bool) {
+pub(super) async fn respond_page(stream: &mut (impl AsyncWrite + Unpin), with_body: bool) {
     let length = PAGE.len();
     let body: &[u8] = if with_body { PAGE.as_bytes() } else { b"" };
     let csp = "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline' blob:; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -384,6 +387,33 @@ pub(super) async fn respond_page(stream: &mut TcpStream, with_body: bool) {
     .into_bytes();
     head.extend_from_slice(body);
     let _ = stream.write_all(&head).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Answers a health check: 200 while the daemon serves, 503 while it
+/// drains (so a load balancer sends new clients elsewhere), with a small
+/// JSON body that a person can read too.
+pub(super) async fn respond_health(
+    stream: &mut (impl AsyncWrite + Unpin),
+    with_body: bool,
+    draining: bool,
+    sessions: usize,
+) {
+    let (status, reason, state) = if draining {
+        (503, "Service Unavailable", "draining")
+    } else {
+        (200, "OK", "ok")
+    };
+    let body = format!("{{\"status\":\"{state}\",\"sessions\":{sessions}}}\n");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
 
@@ -445,6 +475,23 @@ mod tests {
         assert_eq!(
             route(&head("GET /nope HTTP/1.1"), false, None),
             Route::Plain(404, "Not Found")
+        );
+        assert_eq!(
+            route(
+                &head("GET /health HTTP/1.1\r\nHost: lb.example"),
+                false,
+                None
+            ),
+            Route::Health { with_body: true },
+            "no token, no local name needed"
+        );
+        assert_eq!(
+            route(&head("HEAD /health?x HTTP/1.1"), true, None),
+            Route::Health { with_body: false }
+        );
+        assert_eq!(
+            route(&head("POST /health HTTP/1.1"), false, None),
+            Route::Plain(405, "Method Not Allowed")
         );
         assert_eq!(
             route(&head("POST / HTTP/1.1"), false, None),

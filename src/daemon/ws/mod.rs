@@ -9,9 +9,11 @@
 //! frames; [`relay`] moves frames between the client and its session, from
 //! the start request on, through the bounded [`inbox`] of what the client
 //! sent that its session has not taken yet; [`transcript`] folds the
-//! session's events into Soniox responses. This
-//! file owns one connection's course: accept, head, route, upgrade, then the
-//! start request, the key check and the launch.
+//! session's events into Soniox responses; [`tls`] is the endpoint's TLS
+//! and the stream a connection is, with it or without; [`tokens`] is the
+//! token file's named clients. This file owns one connection's course:
+//! accept, the TLS handshake, head, route, upgrade, then the start request,
+//! the key check (which names the client) and the launch.
 //!
 //! A client speaks the Soniox real-time protocol (Soniox's WebSocket API
 //! reference) to the daemon as it would to Soniox; the daemon runs the same
@@ -26,7 +28,9 @@
 //! before it ([`relay`], then the session core), for the service to judge.
 //!
 //! Security model: the client's key is only ever compared with the daemon's
-//! local token (when one is set): it is never forwarded, logged, or stored.
+//! local tokens (when there are any): it is never forwarded, logged, or
+//! stored; the name of the token it matched goes into the logs, `status`
+//! and the upstream `client_reference_id`.
 //! Without a token, an upgrade must name this machine (a loopback host, or
 //! the address the client connected to) in its `Host` and `Origin` (see
 //! [`http::route`]), so a web page elsewhere cannot use the daemon's key
@@ -53,7 +57,12 @@ mod http;
 mod inbox;
 mod relay;
 mod start;
+mod tls;
+mod tokens;
 mod transcript;
+
+pub(super) use tls::server_config as tls_config;
+pub(super) use tokens::Tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,18 +76,19 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, field, info_span, warn};
 
 use soniox_wire::{ApiError, StartRequest};
 
 use super::Shared;
 use super::launch::{self, Client as LaunchClient, Refusal};
-use super::registry::Peer;
+use super::registry::{ClientName, Peer};
 use crate::config::resolve::{self, Origin};
 use client::Client;
 use http::{ClientKey, HeadError, Route, Upgrade};
 use relay::Relay;
-use start::{BOUNDS, key_matches, refusal_error, session_args};
+use start::{BOUNDS, reference_id, refusal_error, session_args};
+use tls::Conn;
 
 /// Largest WebSocket message (and frame) from a client: a minute of 16 kHz
 /// stereo f32 is under 8 MiB; anything larger is not streaming, and gets
@@ -91,6 +101,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// gets Soniox's 408 and is closed, so a silent client cannot hold an
 /// upstream slot forever (Soniox's own rule).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a client waiting for an upstream slot is told its place again
+/// (the `queued` extension frame): well within any stall watchdog, since a
+/// Soniox session sends something at least every few seconds.
+const QUEUED_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long to wait for the client's close reply, and for a finished
 /// session's task to return.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -123,14 +137,36 @@ pub(super) fn warn_if_open(addr: Option<SocketAddr>, has_token: bool) {
 
 /// Serves one TCP connection on the WebSocket endpoint to the end.
 pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let span = info_span!("ws", %peer);
+    let span = info_span!("ws", %peer, client = field::Empty);
     serve(stream, shared).instrument(span).await;
 }
 
-async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     // Responses are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let bound = shared.header_timeout();
+    let local = stream.local_addr().ok();
+    let mut stream = match shared.ws_tls() {
+        None => Conn::Plain(stream),
+        // The handshake shares the head's bound: a client that opens a
+        // connection and says nothing holds it no longer either way.
+        Some(config) => match tokio::time::timeout(
+            bound,
+            tokio_rustls::TlsAcceptor::from(config).accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+            Ok(Err(err)) => {
+                debug!(error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("no TLS handshake in time");
+                return;
+            }
+        },
+    };
     let (head, rest) = match tokio::time::timeout(bound, http::read_head(&mut stream)).await {
         Ok(Ok(Some(read))) => read,
         Ok(Ok(None)) => return,
@@ -154,11 +190,16 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
-    let token = shared.ws_token();
-    match http::route(&head, token.is_some(), stream.local_addr().ok()) {
+    let tokens = shared.ws_tokens();
+    match http::route(&head, tokens.is_some(), local) {
         Route::Page { with_body } => {
             debug!("serving the page");
             http::respond_page(&mut stream, with_body).await;
+        }
+        Route::Health { with_body } => {
+            let draining = shared.stop.is_cancelled();
+            debug!(draining, "health check");
+            http::respond_health(&mut stream, with_body, draining, shared.registry.len()).await;
         }
         Route::Plain(status, reason) => {
             debug!(status, path = %head.path, "plain request refused");
@@ -188,7 +229,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
                 .await;
             let mut client = Client::new(ws, shared.new_session_id());
-            run_client(&mut client, upgrade.key, token, &shared).await;
+            run_client(&mut client, upgrade.key, tokens, &shared).await;
         }
     }
 }
@@ -204,7 +245,7 @@ enum Start {
 async fn run_client(
     client: &mut Client,
     upgrade_key: Option<ClientKey>,
-    token: Option<String>,
+    tokens: Option<Arc<Tokens>>,
     shared: &Arc<Shared>,
 ) {
     let timing = shared.timing();
@@ -215,22 +256,26 @@ async fn run_client(
         Start::Text(text) => text,
         Start::Gone => return,
     };
+    let mut named = None;
     let start = soniox_wire::fields::parse_object(&text).and_then(|map| {
         // The key check comes before the option checks: an unauthenticated
         // client learns nothing about them.
         let start_key = soniox_wire::fields::api_key(&map)?;
-        if let Some(token) = &token {
+        if let Some(tokens) = &tokens {
             let presented = upgrade_key
                 .as_ref()
                 .map(|k| k.key.as_str())
                 .or(start_key.as_deref());
-            match presented {
-                None => return Err(ApiError::with_code(401, "Missing API key.")),
-                Some(key) if !key_matches(key, token) => {
-                    return Err(ApiError::with_code(401, "Invalid API key."));
-                }
-                Some(_) => {}
-            }
+            let Some(presented) = presented else {
+                return Err(ApiError::with_code(401, "Missing API key."));
+            };
+            let Some(found) = tokens.find(presented) else {
+                return Err(ApiError::with_code(401, "Invalid API key."));
+            };
+            named = Some(ClientName {
+                name: found.name.clone(),
+                max_sessions: found.max_sessions,
+            });
         }
         StartRequest::read(map, &BOUNDS)
     });
@@ -241,19 +286,31 @@ async fn run_client(
             return;
         }
     };
+    if let Some(named) = &named {
+        Span::current().record("client", &*named.name);
+    }
     let key_source = match (&upgrade_key, &start.api_key) {
         (Some(key), _) => key.source,
         (None, Some(_)) => "start_request",
         (None, None) => "none",
     };
     debug!(?start, key_source, "start request");
+    let mut args = session_args(&start);
+    if let Some(named) = &named {
+        args.client_reference_id = Some(reference_id(
+            &named.name,
+            start.client_reference_id.as_deref(),
+            &client.request_id,
+        ));
+    }
     let launch_client = LaunchClient {
         session_id: client.request_id.clone(),
         front: "ws",
         peer: REMOTE_PEER,
         per_uid_limit: 0,
+        name: named,
     };
-    let prepared = resolve::session(&session_args(&start), Origin::Client)
+    let prepared = resolve::session(&args, Origin::Client)
         .map_err(Refusal::Error)
         .and_then(|request| launch::prepare(shared, launch_client, &request));
     let prepared = match prepared {
@@ -270,7 +327,12 @@ async fn run_client(
         Ok((admitted, events_tx))
     };
     let (frame, bytes_per_second) = raw_layout(&start);
-    let relay = Relay::new(frame, bytes_per_second, timing.wall(IDLE_TIMEOUT));
+    let relay = Relay::new(
+        frame,
+        bytes_per_second,
+        timing.wall(IDLE_TIMEOUT),
+        timing.wall(QUEUED_HEARTBEAT),
+    );
     relay.run(client, admission, events_rx).await;
 }
 

@@ -1,7 +1,9 @@
 //! The relay between a started WebSocket client and its session, from the
 //! start request on. While the client waits in the queue it is read into
-//! its [`Inbox`] (so its pings are answered), and its leaving gives up its
-//! place. Once the session runs: audio in whole frames and control
+//! its [`Inbox`] (so its pings are answered), it is told its place (the
+//! `queued` extension frame, at first, at each move and as a heartbeat, so
+//! that an sttpipe edge neither shows silence nor takes the wait for a
+//! stalled connection), and its leaving gives up its place. Once the session runs: audio in whole frames and control
 //! messages (as sent, every type: the service judges them) into the
 //! session through the inbox (the client is held back when it is full, so
 //! TCP slows it), the session's events out as Soniox
@@ -24,7 +26,7 @@ use super::CLOSE_GRACE;
 use super::client::{self, Client};
 use super::inbox::Inbox;
 use super::start::{api_error, refusal_error};
-use super::transcript::{Terminal, Transcript};
+use super::transcript::{Terminal, Transcript, queued_frame};
 use crate::daemon::launch::{Admitted, Refusal, Running};
 use crate::daemon::registry::{Progress, State};
 use crate::engine::{Control, ControlKind};
@@ -89,6 +91,8 @@ enum Read {
 pub(super) struct Relay {
     /// Wall time a streaming client may stay silent.
     idle: Duration,
+    /// Wall time between two `queued` frames while the client waits.
+    heartbeat: Duration,
     inbox: Inbox,
     /// Where the session's audio and state are reported, once admitted.
     progress: Option<Arc<Progress>>,
@@ -99,10 +103,17 @@ pub(super) struct Relay {
 impl Relay {
     /// A relay for audio of `frame` bytes a frame (1 for containers) and
     /// `bytes_per_second` (`None` if unknown), whose client may stay silent
-    /// for `idle` of wall time once streaming.
-    pub(super) fn new(frame: usize, bytes_per_second: Option<u64>, idle: Duration) -> Relay {
+    /// for `idle` of wall time once streaming, and is told its place in the
+    /// queue at least every `heartbeat` while it waits.
+    pub(super) fn new(
+        frame: usize,
+        bytes_per_second: Option<u64>,
+        idle: Duration,
+        heartbeat: Duration,
+    ) -> Relay {
         Relay {
             idle,
+            heartbeat,
             inbox: Inbox::new(frame, bytes_per_second),
             progress: None,
             unreported: 0,
@@ -138,6 +149,12 @@ impl Relay {
         let mut idle_timer = LazyTimer::new();
         let mut probe_at = Instant::now();
         let mut probe_timer = LazyTimer::new();
+        // The place in the queue last told, while queued.
+        let mut queued: Option<usize> = None;
+        let mut heartbeat_at = Instant::now();
+        let mut heartbeat_timer = LazyTimer::new();
+        // Whether the admission still holds the events' sender.
+        let mut admission_open = true;
         let mut batch = Vec::with_capacity(16);
         loop {
             if input.is_some() && self.inbox.is_closed() && self.inbox.is_empty() {
@@ -152,8 +169,28 @@ impl Relay {
             let reading = self.inbox.has_room();
             tokio::select! {
                 biased;
-                count = events.recv_many(&mut batch, MAX_BATCH), if task.is_some() => {
-                    let Some(running) = task.as_mut() else { continue };
+                count = events.recv_many(&mut batch, MAX_BATCH), if task.is_some() || admission_open => {
+                    let Some(running) = task.as_mut() else {
+                        // Before its session runs, only the admission's
+                        // `queued` events come: each is told, and the
+                        // heartbeat restarts.
+                        if count == 0 {
+                            admission_open = false;
+                        }
+                        for event in batch.drain(..) {
+                            let Event::Queued { position } = event else {
+                                debug!(event = ?event, "not relayed while queued");
+                                continue;
+                            };
+                            queued = Some(position);
+                            heartbeat_at = Instant::now() + self.heartbeat;
+                            if !client.send_text(queued_frame(position)).await {
+                                info!(session = %client.request_id, "the client went away while queued");
+                                return;
+                            }
+                        }
+                        continue;
+                    };
                     let terminal = if count == 0 {
                         // The session ended without an `end` (no audio ever came).
                         Some(Terminal::End { audio_ms: 0 })
@@ -220,6 +257,15 @@ impl Relay {
                         return;
                     }
                 },
+                () = heartbeat_timer.until(Some(heartbeat_at)), if task.is_none() && queued.is_some() => {
+                    heartbeat_at = Instant::now() + self.heartbeat;
+                    if let Some(position) = queued
+                        && !client.send_text(queued_frame(position)).await
+                    {
+                        info!(session = %client.request_id, "the client went away while queued");
+                        return;
+                    }
+                }
                 permit = reserve(feeding), if input.is_some() && !self.inbox.is_empty() => match permit {
                     Some(permit) => {
                         if let Some(message) = self.inbox.pop() {

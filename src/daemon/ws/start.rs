@@ -1,7 +1,7 @@
 //! The Soniox side of a session's start and end: a start request read as
 //! the session's options (the same schema and resolution as every other
-//! client's), the comparison of a presented key with the local token, and
-//! the Soniox error frame for whatever ended a session.
+//! client's), the reference id a gateway's client streams under, and the
+//! Soniox error frame for whatever ended a session.
 
 use serde_json::Value;
 
@@ -144,15 +144,16 @@ pub(super) fn session_args(start: &StartRequest) -> SessionArgs {
     }
 }
 
-/// Compares a presented key with the token in time independent of where
-/// they differ.
-pub(super) fn key_matches(presented: &str, token: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), token.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, byte) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-    }
-    diff == 0
+/// The `client_reference_id` a named client's session streams under, so
+/// that Soniox's usage logs attribute its cost: `gateway/NAME/ID`, ID being
+/// the client's own reference id if it sent one, else the session's id;
+/// cut to Soniox's limit (the name is never cut: the prefix is at most 73
+/// characters).
+pub(super) fn reference_id(name: &str, theirs: Option<&str>, session_id: &str) -> String {
+    let id = format!("gateway/{name}/{}", theirs.unwrap_or(session_id));
+    id.chars()
+        .take(resolve::MAX_CLIENT_REFERENCE_CHARS)
+        .collect()
 }
 
 #[cfg(test)]
@@ -316,11 +317,15 @@ mod tests {
     }
 
     #[test]
-    fn keys_compare_whole() {
-        assert!(key_matches("secret", "secret"));
-        assert!(!key_matches("secre", "secret"));
-        assert!(!key_matches("secret!", "secret"));
-        assert!(!key_matches("", "secret"));
+    fn named_clients_stream_under_their_name() {
+        assert_eq!(reference_id("ha", None, "1a-3"), "gateway/ha/1a-3");
+        assert_eq!(
+            reference_id("ha", Some("call-7"), "1a-3"),
+            "gateway/ha/call-7"
+        );
+        let long = reference_id("ha", Some(&"é".repeat(300)), "x");
+        assert_eq!(long.chars().count(), 256);
+        assert!(long.starts_with("gateway/ha/é"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The client's view of its transcript: the session's events folded into
 //! Soniox responses (final tokens and `<end>`/`<fin>` markers as they came,
 //! then the whole current non-final set, with the audio-processed marks),
-//! and where a batch of events ends the session.
+//! and where a batch of events ends the session; and the one frame of
+//! sttpipe's own, the `queued` extension, for a client still waiting for
+//! its upstream slot.
 
 use serde_json::{Value, json};
 use tracing::debug;
@@ -10,6 +12,15 @@ use soniox_wire::ApiError;
 
 use super::start::api_error_from_event;
 use crate::event::{Event, Token};
+
+/// The extension frame that tells a client waiting for an upstream slot its
+/// place in the queue (1-based). A Soniox response with no tokens, which a
+/// Soniox client takes as one that brings nothing, and an unknown field,
+/// which it ignores; an sttpipe edge reads it as its own `queued` event.
+/// See sttpipe-protocol(7).
+pub(super) fn queued_frame(position: usize) -> String {
+    format!(r#"{{"tokens":[],"sttpipe":{{"queued":{{"position":{position}}}}}}}"#)
+}
 
 /// How a batch of events ended, if it did.
 #[derive(Debug, PartialEq)]
@@ -132,6 +143,16 @@ impl Transcript {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queued_extension_is_exactly_this() {
+        assert_eq!(
+            queued_frame(3),
+            r#"{"tokens":[],"sttpipe":{"queued":{"position":3}}}"#
+        );
+        let parsed: Value = serde_json::from_str(&queued_frame(12)).unwrap();
+        assert_eq!(parsed["sttpipe"]["queued"]["position"], 12);
+    }
 
     fn token(text: &str, start: u64, is_final: bool) -> Token {
         Token {

@@ -68,6 +68,7 @@ pub(super) async fn run(
         front: "wyoming",
         peer: REMOTE_PEER,
         per_uid_limit: 0,
+        name: None,
     };
     let prepared = resolve::session(&args, Origin::Client)
         .map_err(Refusal::Error)
