@@ -69,6 +69,10 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Some(Command::Completions(args)) => match crate::cli::completions::print(args.shell) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(err) => fail(&err, true),
+        },
         None => {
             logging::init(opts.verbose);
             let text = opts.format == crate::cli::values::OutputFormat::Text;

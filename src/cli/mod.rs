@@ -8,9 +8,11 @@
 //! [`ReliabilityArgs`]; and [`ServeArgs`], which are also the keys of the
 //! daemon's settings file.
 
+pub(crate) mod completions;
 pub(crate) mod groups;
 pub(crate) mod session_args;
 pub(crate) mod values;
+mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,7 +73,7 @@ pub(crate) const DEFAULT_CUE_READING_SPEED: u32 = 17;
 #[derive(Debug, Parser)]
 #[command(
     name = "sttpipe",
-    version,
+    version = version::text(),
     max_term_width = 100,
     args_conflicts_with_subcommands = true
 )]
@@ -189,6 +191,9 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Print the daemon's status as JSON: sessions, queue, upstream usage.
     Status(StatusArgs),
+    /// Print a shell completion script, e.g.
+    /// `sttpipe completions bash > ~/.local/share/bash-completion/completions/sttpipe`.
+    Completions(completions::CompletionsArgs),
 }
 
 /// `sttpipe serve`. Its long flags are also the keys of the settings file
