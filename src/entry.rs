@@ -20,7 +20,7 @@ pub fn run() -> ExitCode {
         eprintln!("sttpipe: internal error: {info}");
         std::process::exit(i32::from(crate::error::EXIT_SOFTWARE));
     }));
-    let parsed = command()
+    let parsed = Opts::command()
         .try_get_matches()
         .and_then(|matches| Opts::from_arg_matches(&matches).map(|opts| (opts, matches)));
     let (opts, matches) = match parsed {
@@ -56,17 +56,6 @@ pub fn run() -> ExitCode {
                 .unwrap_or_default();
             ExitCode::from(crate::daemon::main(*serve, given, fds))
         }
-        Some(Command::Completions(completions)) => {
-            let mut command = command();
-            let name = command.get_name().to_owned();
-            clap_complete::generate(
-                completions.shell,
-                &mut command,
-                name,
-                &mut std::io::stdout(),
-            );
-            ExitCode::from(EXIT_OK)
-        }
         Some(Command::Status(status)) => {
             logging::init(0);
             match client_status(&status.socket) {
@@ -80,6 +69,10 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Some(Command::Completions(args)) => match crate::cli::completions::print(args.shell) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(err) => fail(&err, true),
+        },
         Some(Command::Engine(engine)) => crate::engine::install::main(engine),
         None => {
             logging::init(opts.verbose);
@@ -99,11 +92,6 @@ pub fn run() -> ExitCode {
             }
         }
     }
-}
-
-/// The command line's definition, with the long version filled in.
-fn command() -> clap::Command {
-    Opts::command().long_version(crate::cli::version::long_version())
 }
 
 /// `sttpipe status`, on a small runtime of its own.

@@ -8,11 +8,12 @@
 //! [`ReliabilityArgs`]; and [`ServeArgs`], which are also the keys of the
 //! daemon's settings file.
 
+pub(crate) mod completions;
 pub(crate) mod engine;
 pub(crate) mod groups;
 pub(crate) mod session_args;
 pub(crate) mod values;
-pub(crate) mod version;
+mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,7 +81,7 @@ Offline, no key (once: sttpipe engine install):
 #[derive(Debug, Parser)]
 #[command(
     name = "sttpipe",
-    version,
+    version = version::text(),
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
     after_help = EXAMPLES
@@ -199,20 +200,12 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Print the daemon's status as JSON: sessions, queue, upstream usage.
     Status(StatusArgs),
-    /// Print a shell completion script on stdout, e.g.
-    /// `sttpipe completions bash > /etc/bash_completion.d/sttpipe`.
-    Completions(CompletionsArgs),
+    /// Print a shell completion script, e.g.
+    /// `sttpipe completions bash > ~/.local/share/bash-completion/completions/sttpipe`.
+    Completions(completions::CompletionsArgs),
     /// Install the local engine (sttpipe engine install), or list what is
     /// installed and where.
     Engine(engine::EngineArgs),
-}
-
-/// `sttpipe completions`.
-#[derive(Debug, Args)]
-pub(crate) struct CompletionsArgs {
-    /// The shell to complete for.
-    #[arg(value_enum, value_name = "SHELL")]
-    pub(crate) shell: clap_complete::Shell,
 }
 
 /// `sttpipe serve`. Its long flags are also the keys of the settings file

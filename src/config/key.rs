@@ -21,12 +21,26 @@ pub(crate) fn load_api_key(
     if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join(CREDENTIAL_NAME);
         if path.exists() {
-            return read_key_file(&path);
+            // Blank is no key: the shipped units give a blank default
+            // (SetCredential=) for when the key file is absent, so that a
+            // keyless local-engine unit can start.
+            return match read_key_file(&path) {
+                Err(Error::Config(_)) if is_blank(&path) => Err(Error::Config(format!(
+                    "no API key: the systemd credential {CREDENTIAL_NAME} is blank \
+                     (the shipped units load it from /etc/sttpipe/{CREDENTIAL_NAME})"
+                ))),
+                read => read,
+            };
         }
     }
     Err(Error::Config(
         "no API key: set SONIOX_API_KEY or use --api-key-file PATH".into(),
     ))
+}
+
+/// Whether the file holds nothing but white space.
+fn is_blank(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.iter().all(u8::is_ascii_whitespace))
 }
 
 fn read_key_file(path: &Path) -> Result<ApiKey> {
@@ -71,6 +85,15 @@ mod tests {
             load_api_key(None, &|_| None),
             Err(Error::Config(_))
         ));
+        // The units' blank default credential: no key, said as such.
+        std::fs::write(dir.path().join(CREDENTIAL_NAME), "\n").unwrap();
+        match load_api_key(None, &creds_only) {
+            Err(Error::Config(message)) => {
+                assert!(message.starts_with("no API key: "), "{message}");
+                assert!(message.contains("/etc/sttpipe/soniox-api-key"), "{message}");
+            }
+            other => panic!("a blank credential gave {other:?}"),
+        }
         assert_eq!(format!("{:?}", ApiKey::new("secret")), "ApiKey(<redacted>)");
     }
 }

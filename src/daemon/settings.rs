@@ -396,6 +396,37 @@ mod tests {
         ));
     }
 
+    /// The example the Debian package installs as /etc/sttpipe/sttpipe.toml
+    /// is accepted as shipped (all commented out), names every setting, and
+    /// is accepted with every line uncommented.
+    #[test]
+    fn the_packaged_example_names_every_setting() {
+        let example = include_str!("../../packaging/debian/sttpipe.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sttpipe.toml");
+        std::fs::write(&file, example).unwrap();
+        let path = file.to_str().unwrap();
+        resolve(&["--config", path]).expect("the example as shipped");
+
+        let uncommented: String = example
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| line.starts_with(|c: char| c.is_ascii_lowercase()))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let table: toml::Table = toml::from_str(&uncommented).expect("uncommented, it is TOML");
+        let matches = Serve::command().get_matches_from(["serve"]);
+        let args = Serve::from_arg_matches(&matches).unwrap().args;
+        let Value::Object(keys) = as_json(&args).unwrap() else {
+            panic!("ServeArgs is an object")
+        };
+        for key in keys.keys() {
+            assert!(table.contains_key(key), "the example lacks {key}");
+        }
+        std::fs::write(&file, &uncommented).unwrap();
+        resolve(&["--config", path]).expect("the example with every line uncommented");
+    }
+
     #[test]
     fn the_settings_file_takes_one_url_or_a_list() {
         let dir = tempfile::tempdir().unwrap();

@@ -106,6 +106,17 @@ pub(crate) const DEFAULT_CONTAINER_CHUNK_BYTES: usize = 4096;
 /// Default channel bound: 16 chunks, about 1.6 s of raw audio at 100 ms each.
 pub(crate) const DEFAULT_QUEUE_CHUNKS: usize = 16;
 
+/// The formats the reader decodes itself (WAV, and the media sttpipe
+/// sniffs and decodes), for `sttpipe --version`.
+pub(crate) fn decoded_formats() -> impl Iterator<Item = &'static str> {
+    std::iter::once("WAV").chain(
+        sniff::Media::ALL
+            .into_iter()
+            .filter(|media| media.decodable())
+            .map(sniff::Media::name),
+    )
+}
+
 /// Where audio comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Source {

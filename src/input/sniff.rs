@@ -36,6 +36,18 @@ pub(super) enum Media {
 }
 
 impl Media {
+    /// Every format, for `sttpipe --version`.
+    pub(super) const ALL: [Media; 8] = [
+        Media::Mp3,
+        Media::Flac,
+        Media::Ogg,
+        Media::OggOpus,
+        Media::Mp4,
+        Media::Matroska,
+        Media::Aiff,
+        Media::Adts,
+    ];
+
     /// The name for people.
     pub(super) fn name(self) -> &'static str {
         match self {
